@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the workbench needs to build and boot the lab kernel.
+# Idempotent: packages already present are skipped. Needs root (or sudo) and apt-get.
+set -euo pipefail
+
+packages=(
+  build-essential bc flex bison libelf-dev libssl-dev dwarves cpio xz-utils zstd rsync
+  qemu-system-x86 qemu-utils kexec-tools busybox-static
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+  echo "workbench: these system packages are needed: ${missing[*]}; install them with your package manager." >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo="sudo -n"
+  else
+    echo "workbench: run as root, or install: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+echo "workbench: installing system packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

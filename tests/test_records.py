@@ -1,0 +1,232 @@
+"""Experiment records: lifecycle, filtering, concurrency, crashes and damaged stores."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from workbench.records import CorruptRecord, RecordStore, RecordStoreError, RunNotFound
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RecordStore(tmp_path / "data")
+
+
+def test_ok_run_keeps_params_tables_result_and_environment(store):
+    frame = pd.DataFrame({"size": [1, 2], "seconds": [0.5, 1.25], "name": ["a", "b"]})
+    with store.run("bench.example", {"size": "64M", "threads": 2}) as run:
+        run.add_table("results", frame)
+        run.update_result(bytes_per_s=123.0)
+        run.update_environment(target_kernel_release="7.2.13-lab")
+    record = store.get(run.id)
+    assert record.status == "ok" and record.error is None
+    assert record.params == {"size": "64M", "threads": 2}
+    assert record.result == {"bytes_per_s": 123.0}
+    assert record.table_names == ["results"]
+    pd.testing.assert_frame_equal(store.table(run.id, "results"), frame)
+    env = record.environment
+    for key in ("packages", "git", "python", "host_kernel_release", "cpu_model", "cpu_count", "memory_bytes"):
+        assert key in env
+    assert env["target_kernel_release"] == "7.2.13-lab"
+    assert record.ended >= record.started
+
+
+def test_failed_run_is_kept_with_error(store):
+    with pytest.raises(ValueError), store.run("bench.example", {}) as run:
+        run.update_result(partial=1)
+        raise ValueError("the target did not come back")
+    record = store.get(run.id)
+    assert record.status == "failed"
+    assert "the target did not come back" in record.error
+    assert record.result == {"partial": 1}
+
+
+def test_ctrl_c_marks_interrupted(store):
+    with pytest.raises(KeyboardInterrupt), store.run("lab.cycle", {}) as run:
+        raise KeyboardInterrupt
+    assert store.get(run.id).status == "interrupted"
+
+
+def test_filter_by_kind_prefix_status_and_param(store):
+    for size in ("64M", "1G"):
+        with store.run("bench.hash", {"size": size}):
+            pass
+    with pytest.raises(RuntimeError), store.run("lab.cycle", {"size": "64M"}):
+        raise RuntimeError("x")
+    assert len(store.list()) == 3
+    assert list(store.list(kind="bench.")["kind"]) == ["bench.hash", "bench.hash"]
+    assert list(store.list(size="64M")["kind"]) == ["bench.hash", "lab.cycle"]
+    assert list(store.list(status="failed")["kind"]) == ["lab.cycle"]
+
+
+def test_compare_stacks_tables(store):
+    ids = []
+    for n in (1, 2):
+        with store.run("bench.x", {"n": n}) as run:
+            run.add_table("t", pd.DataFrame({"v": [n, n * 10]}))
+        ids.append(run.id)
+    both = store.compare(ids, "t")
+    assert list(both["run_id"]) == [ids[0], ids[0], ids[1], ids[1]]
+    assert list(both["v"]) == [1, 10, 2, 20]
+
+
+def test_unknown_run_and_table(store):
+    with pytest.raises(RunNotFound):
+        store.get("nope")
+    with store.run("k", {}) as run:
+        pass
+    with pytest.raises(KeyError, match="no table"):
+        store.table(run.id, "missing")
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import pandas as pd
+    from workbench.records import RecordStore
+    store = RecordStore(sys.argv[1])
+    for i in range(int(sys.argv[3])):
+        with store.run("concurrent", {"writer": sys.argv[2], "i": i}) as run:
+            run.add_table("t", pd.DataFrame({"i": range(50)}))
+            run.update_result(i=i)
+    """
+)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    data = tmp_path / "data"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(data), str(w), "15"], stderr=subprocess.PIPE)
+        for w in range(4)
+    ]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    runs = RecordStore(data).runs(kind="concurrent")
+    assert len(runs) == 60
+    assert {(r.params["writer"], r.params["i"]) for r in runs} == {
+        (str(w), i) for w in range(4) for i in range(15)
+    }
+    assert all(r.status == "ok" and r.table_names == ["t"] for r in runs)
+
+
+_KILLED = textwrap.dedent(
+    """
+    import sys, time
+    import pandas as pd
+    from workbench.records import RecordStore
+    store = RecordStore(sys.argv[1])
+    with store.run("victim", {}) as run:
+        run.add_table("partial", pd.DataFrame({"x": [1, 2, 3]}))
+        print(run.id, flush=True)
+        while True:
+            run.add_table("growing", pd.DataFrame({"x": range(1000)}))
+    """
+)
+
+
+def test_writer_killed_mid_run_is_kept_as_interrupted(tmp_path):
+    data = tmp_path / "data"
+    with RecordStore(data).run("before", {}):
+        pass
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(data)], stdout=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = RecordStore(data)
+    record = store.get(run_id)
+    assert record.status == "interrupted"
+    assert "ended before finishing" in record.error
+    assert list(store.table(run_id, "partial")["x"]) == [1, 2, 3]
+    assert len(store.table(run_id, "growing")) == 1000  # never a half-written table
+    assert store.get(store.runs(kind="before")[0].id).status == "ok"
+
+
+def test_running_run_of_live_process_stays_running(store):
+    with store.run("long", {}) as run:
+        assert RecordStore(store.data_dir).get(run.id).status == "running"
+
+
+def test_foreign_file_gives_clear_error(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "records.sqlite").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(RecordStoreError, match="not a workbench record store"):
+        RecordStore(data).list()
+
+
+def test_foreign_sqlite_database_gives_clear_error(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "records.sqlite")
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(RecordStoreError, match="not a workbench record store"):
+        RecordStore(data).list()
+
+
+def test_corrupted_run_leaves_others_readable(store):
+    with store.run("good", {}) as good:
+        good.add_table("t", pd.DataFrame({"a": [1]}))
+    with store.run("bad", {}) as bad:
+        bad.add_table("t", pd.DataFrame({"a": [2]}))
+    db = sqlite3.connect(store.path)
+    db.execute("UPDATE tables SET parquet = ? WHERE run_id = ?", (b"garbage", bad.id))
+    db.execute("UPDATE runs SET params = '{broken' WHERE id = ?", (bad.id,))
+    db.commit()
+    db.close()
+    fresh = RecordStore(store.data_dir)
+    assert [r.id for r in fresh.runs()] == [good.id]
+    assert list(fresh.table(good.id, "t")["a"]) == [1]
+    with pytest.raises(CorruptRecord, match=bad.id):
+        fresh.get(bad.id)
+
+
+def test_damaged_table_blob_is_a_clear_error(store):
+    with store.run("k", {}) as run:
+        run.add_table("t", pd.DataFrame({"a": [1]}))
+    db = sqlite3.connect(store.path)
+    db.execute("UPDATE tables SET parquet = ? WHERE run_id = ?", (b"garbage", run.id))
+    db.commit()
+    db.close()
+    with pytest.raises(CorruptRecord, match="damaged"):
+        RecordStore(store.data_dir).table(run.id, "t")
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    from workbench.records import default_data_dir
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "elsewhere"))
+    assert default_data_dir() == tmp_path / "elsewhere"
+
+
+def test_cli_list_and_show_json(tmp_path):
+    data = tmp_path / "data"
+    with RecordStore(data).run("bench.cli", {"size": 7}) as run:
+        run.add_table("t", pd.DataFrame({"v": [3]}))
+    wb = [sys.executable, "-m", "workbench.cli"]
+    listed = json.loads(subprocess.check_output([*wb, "records", "list", "--data", str(data), "--json"]))
+    assert [r["id"] for r in listed] == [run.id]
+    shown = json.loads(
+        subprocess.check_output([*wb, "records", "show", run.id[-6:], "--data", str(data), "--json"])
+    )
+    assert shown["kind"] == "bench.cli" and shown["tables"] == ["t"]
+    table = json.loads(
+        subprocess.check_output(
+            [*wb, "records", "show", run.id, "--table", "t", "--data", str(data), "--json"]
+        )
+    )
+    assert table == [{"v": 3}]
+    missing = subprocess.run(
+        [*wb, "records", "show", "nope", "--data", str(data)], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "no run with id" in missing.stderr

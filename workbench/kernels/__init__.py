@@ -1,0 +1,1 @@
+"""Numba kernels: page fingerprints, anonymous-memory to memfd conversion, handover formats, the blackout model."""
