@@ -19,9 +19,7 @@ def test_committed_without_outputs(notebook):
     nb = json.loads(notebook.read_text())
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [], (
-                f"{notebook.name} cell {i} has outputs: clear them before committing"
-            )
+            assert cell.get("outputs") == [], f"{notebook.name} cell {i} has outputs: clear them before committing"
             assert cell.get("execution_count") is None, f"{notebook.name} cell {i} has an execution count"
 
 

@@ -111,9 +111,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()
     runs = RecordStore(data).runs(kind="concurrent")
     assert len(runs) == 60
-    assert {(r.params["writer"], r.params["i"]) for r in runs} == {
-        (str(w), i) for w in range(4) for i in range(15)
-    }
+    assert {(r.params["writer"], r.params["i"]) for r in runs} == {(str(w), i) for w in range(4) for i in range(15)}
     assert all(r.status == "ok" and r.table_names == ["t"] for r in runs)
 
 
@@ -216,17 +214,11 @@ def test_cli_list_and_show_json(tmp_path):
     wb = [sys.executable, "-m", "workbench.cli"]
     listed = json.loads(subprocess.check_output([*wb, "records", "list", "--data", str(data), "--json"]))
     assert [r["id"] for r in listed] == [run.id]
-    shown = json.loads(
-        subprocess.check_output([*wb, "records", "show", run.id[-6:], "--data", str(data), "--json"])
-    )
+    shown = json.loads(subprocess.check_output([*wb, "records", "show", run.id[-6:], "--data", str(data), "--json"]))
     assert shown["kind"] == "bench.cli" and shown["tables"] == ["t"]
     table = json.loads(
-        subprocess.check_output(
-            [*wb, "records", "show", run.id, "--table", "t", "--data", str(data), "--json"]
-        )
+        subprocess.check_output([*wb, "records", "show", run.id, "--table", "t", "--data", str(data), "--json"])
     )
     assert table == [{"v": 3}]
-    missing = subprocess.run(
-        [*wb, "records", "show", "nope", "--data", str(data)], capture_output=True, text=True
-    )
+    missing = subprocess.run([*wb, "records", "show", "nope", "--data", str(data)], capture_output=True, text=True)
     assert missing.returncode != 0 and "no run with id" in missing.stderr

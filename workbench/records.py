@@ -258,9 +258,7 @@ class RecordStore:
                     db.execute(statement)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
-                db.execute(
-                    "INSERT INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT_NAME, FORMAT_VERSION)
-                )
+                db.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT_NAME, FORMAT_VERSION))
             elif meta.get("format") != FORMAT_NAME:
                 raise RecordStoreError(f"{self.path} holds {meta.get('format')!r}, not workbench records.")
             elif int(meta.get("version", 0)) > FORMAT_VERSION:
@@ -377,9 +375,7 @@ class RecordStore:
                 environment=json.loads(environment),
                 result=json.loads(result or "{}"),
                 table_names=table_names,
-                artifacts_dir=(self.artifacts_root / run_id)
-                if (self.artifacts_root / run_id).is_dir()
-                else None,
+                artifacts_dir=(self.artifacts_root / run_id) if (self.artifacts_root / run_id).is_dir() else None,
             )
         except (ValueError, TypeError) as exc:
             raise CorruptRecord(f"run {run_id} in {self.path} cannot be decoded: {exc}") from exc
@@ -395,9 +391,7 @@ class RecordStore:
             if len(matches) != 1:
                 raise RunNotFound(run_id)
             return self.get(matches[0][0])
-        names = [
-            r[0] for r in db.execute("SELECT name FROM tables WHERE run_id = ? ORDER BY name", (row[0],))
-        ]
+        names = [r[0] for r in db.execute("SELECT name FROM tables WHERE run_id = ? ORDER BY name", (row[0],))]
         return self._record(row, names)
 
     def runs(self, kind: str | None = None, status: str | None = None, **params: Any) -> list[RunRecord]:
@@ -445,9 +439,7 @@ class RecordStore:
                 "error": r.error,
             }
             row.update({f"param.{k}": _cell(v) for k, v in r.params.items()})
-            row.update(
-                {f"result.{k}": _cell(v) for k, v in r.result.items() if not isinstance(v, dict | list)}
-            )
+            row.update({f"result.{k}": _cell(v) for k, v in r.result.items() if not isinstance(v, dict | list)})
             rows.append(row)
         columns = ["id", "kind", "status", "started", "duration_s", "error"]
         return pd.DataFrame(rows, columns=None if rows else columns)

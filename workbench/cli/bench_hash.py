@@ -9,9 +9,7 @@ from workbench.cli.common import SIZE, data_option, json_option, output_option, 
 
 @click.command("hash")
 @click.option("--size", type=SIZE, default="1G", show_default=True, help="Bytes of memory to hash.")
-@click.option(
-    "--repeats", type=click.IntRange(1), default=5, show_default=True, help="Best of this many runs."
-)
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Best of this many runs.")
 @json_option
 @data_option
 @output_option

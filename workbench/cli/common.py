@@ -24,9 +24,7 @@ def parse_size(text: str | int) -> int:
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
     if not m:
-        raise ValueError(
-            f"{text!r} is not a size: use a number with an optional K, M, G or T suffix, e.g. 64M"
-        )
+        raise ValueError(f"{text!r} is not a size: use a number with an optional K, M, G or T suffix, e.g. 64M")
     return int(float(m[1]) * _UNITS[m[2].upper()])
 
 
@@ -83,9 +81,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return path
 
 
-def run_recorded(
-    kind: str, params: dict[str, Any], body, *, data_dir=None, output=None, as_json=False
-) -> dict:
+def run_recorded(kind: str, params: dict[str, Any], body, *, data_dir=None, output=None, as_json=False) -> dict:
     """Runs ``body(run)`` inside an experiment record, stores its returned summary (and ``tables``, a dict of
     DataFrames, if it returns one under that key), writes the JSON result file and prints it."""
     from workbench.cli.output import emit_json

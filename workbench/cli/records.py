@@ -24,9 +24,7 @@ def records() -> None:
 
 
 @records.command("list")
-@click.option(
-    "--kind", help="Only runs of this kind (a prefix ending in '.' matches a family, e.g. 'bench.')."
-)
+@click.option("--kind", help="Only runs of this kind (a prefix ending in '.' matches a family, e.g. 'bench.').")
 @click.option("--status", type=click.Choice(STATUSES), help="Only runs with this status.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Only runs with this parameter.")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Record folder (default: data/).")

@@ -89,11 +89,7 @@ def as_pages(buf, page_size: int = PAGE_SIZE) -> np.ndarray:
     """
     if page_size <= 0 or page_size % 32:
         raise ValueError(f"page size {page_size} is not a positive multiple of 32 bytes")
-    arr = (
-        np.frombuffer(buf, dtype=np.uint8)
-        if not isinstance(buf, np.ndarray)
-        else buf.reshape(-1).view(np.uint8)
-    )
+    arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1).view(np.uint8)
     if arr.size % page_size:
         raise ValueError(
             f"buffer of {arr.size} bytes is not a whole number of {page_size}-byte pages "
