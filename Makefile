@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 system-deps:
-	bash scripts/install-system-deps.sh
+	bash workbench/lab/scripts/install-system-deps.sh
 
 ## demo: set everything up and run the main job; prints where the report went
 demo: $(STAMP) system-deps

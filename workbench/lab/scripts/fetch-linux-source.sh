@@ -36,7 +36,7 @@ opts=(
   -o "Dir::Etc::SourceParts=$state/sources.list.d"
   -o "Dir::Cache::Archives=$state/archives"
   -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
-  -o "APT::Get::List-Cleanup=0"
+  -o "APT::Get::List-Cleanup=0" -o "APT::Sandbox::User=root"
 )
 apt-get "${opts[@]}" -qq update
 cd "$dest"

@@ -1,0 +1,79 @@
+"""Figures of cycles: a timeline of the phases with the blackout window marked, and phase times across runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+__all__ = ["cycle_timeline", "phase_bars"]
+
+_ORDER = ("prepare", "preserve", "load", "kexec", "restore", "verify", "finish")
+_COLORS = {
+    "prepare": "#9ecae1",
+    "preserve": "#4292c6",
+    "load": "#6baed6",
+    "kexec": "#de2d26",
+    "restore": "#41ab5d",
+    "verify": "#74c476",
+    "finish": "#a1d99b",
+}
+
+
+def cycle_timeline(result: dict[str, Any], title: str | None = None) -> go.Figure:
+    """Phases laid end to end on one time axis (seconds since prepare began), the blackout shaded."""
+    t = 0.0
+    fig = go.Figure()
+    blackout = None
+    for name in _ORDER:
+        if name not in result["phases"]:
+            continue
+        secs = float(result["phases"][name])
+        fig.add_trace(
+            go.Bar(
+                x=[secs],
+                y=["cycle"],
+                base=[t],
+                orientation="h",
+                name=name,
+                marker_color=_COLORS[name],
+                hovertemplate=f"{name}: %{{x:.3f}} s<extra></extra>",
+            )
+        )
+        if name == "kexec":
+            blackout = (t, t + secs)
+        t += secs
+    if blackout:
+        fig.add_vrect(
+            x0=blackout[0],
+            x1=blackout[1],
+            fillcolor="red",
+            opacity=0.12,
+            line_width=0,
+            annotation_text=f"blackout {result['blackout_s']:.2f} s",
+            annotation_position="top left",
+        )
+    verdict = "verified" if result.get("verified") else "NOT verified"
+    fig.update_layout(
+        barmode="stack",
+        height=260,
+        xaxis_title="seconds (guest clock per phase; kexec on the host clock)",
+        title=title or f"Cycle {result.get('record_id', '')}: {verdict}, {result.get('pages_checked', 0)} pages",
+        legend_orientation="h",
+        legend_y=-0.4,
+        yaxis_visible=False,
+    )
+    return fig
+
+
+def phase_bars(runs: pd.DataFrame) -> go.Figure:
+    """Phase seconds of several runs side by side; ``runs`` has columns run_id, phase, seconds."""
+    fig = go.Figure()
+    for name in _ORDER:
+        part = runs[runs["phase"] == name]
+        if part.empty:
+            continue
+        fig.add_trace(go.Bar(x=part["run_id"], y=part["seconds"], name=name, marker_color=_COLORS[name]))
+    fig.update_layout(barmode="stack", yaxis_title="seconds", xaxis_title="run")
+    return fig

@@ -1,0 +1,333 @@
+"""A lab VM in QEMU: the serial console read line by line with host timestamps, a QMP socket, 9p shares, and a
+teardown that leaves no QEMU process behind (success, failure, timeout, Ctrl-C, or our own death)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["VMConfig", "QemuVM", "QMPClient", "QMPError", "SerialLine", "qemu_binary", "qemu_version"]
+
+
+def qemu_binary() -> str:
+    return os.environ.get("WORKBENCH_QEMU", "qemu-system-x86_64")
+
+
+def qemu_version() -> str:
+    try:
+        out = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unavailable"
+    return out.splitlines()[0] if out else "unknown"
+
+
+@dataclass
+class VMConfig:
+    """What to boot and how. ``shares`` maps a 9p mount tag to (host path, read-only)."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    memory_mb: int = 1024
+    cpus: int = 2
+    accel: str = "tcg"
+    shares: dict[str, tuple[Path, bool]] = field(default_factory=dict)
+    ram_file: Path | None = None
+    ssh_port: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def argv(self, serial_sock: Path, qmp_sock: Path) -> list[str]:
+        cpu = "host" if self.accel == "kvm" else "max"
+        args = [
+            qemu_binary(),
+            "-machine",
+            f"q35,accel={self.accel}",
+            "-cpu",
+            cpu,
+            "-m",
+            f"{self.memory_mb}M",
+            "-smp",
+            str(self.cpus),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(self.kernel),
+            "-initrd",
+            str(self.initrd),
+            "-append",
+            self.cmdline,
+            "-chardev",
+            f"socket,id=ser0,path={serial_sock},server=on,wait=on",
+            "-serial",
+            "chardev:ser0",
+            "-qmp",
+            f"unix:{qmp_sock},server=on,wait=off",
+            "-device",
+            "vmcoreinfo",
+            "-device",
+            "virtio-rng-pci",
+        ]
+        if self.ram_file is not None:
+            args += [
+                "-object",
+                f"memory-backend-file,id=ram0,size={self.memory_mb}M,mem-path={self.ram_file},share=on",
+                "-machine",
+                "memory-backend=ram0",
+            ]
+        for tag, (path, readonly) in self.shares.items():
+            opts = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
+            args += ["-virtfs", opts + (",readonly=on" if readonly else "")]
+        if self.ssh_port is not None:
+            args += [
+                "-netdev",
+                f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                "-device",
+                "virtio-net-pci,netdev=net0",
+            ]
+        return args + self.extra_args
+
+
+@dataclass(frozen=True)
+class SerialLine:
+    host_time: float  # time.monotonic() on the host when the line arrived
+    text: str
+
+
+class QMPError(RuntimeError):
+    pass
+
+
+class QMPClient:
+    """A minimal synchronous QMP client over a unix socket."""
+
+    def __init__(self, path: Path, timeout: float = 30.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self._buf = b""
+        self._lock = threading.Lock()
+        self._read()  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict:
+        while b"\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise QMPError("QMP connection closed")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, command: str, **arguments) -> object:
+        with self._lock:
+            msg = {"execute": command}
+            if arguments:
+                msg["arguments"] = arguments
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+            while True:
+                reply = self._read()
+                if "return" in reply:
+                    return reply["return"]
+                if "error" in reply:
+                    raise QMPError(f"{command}: {reply['error'].get('desc', reply['error'])}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.setsid()
+
+
+class QemuVM:
+    """One running VM. Use as a context manager: leaving the block always stops QEMU.
+
+    ``on_line`` is called from the reader thread for every serial line (with the host's monotonic time)."""
+
+    def __init__(self, config: VMConfig, workdir: Path, on_line: Callable[[SerialLine], None] | None = None):
+        self.config = config
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # unix socket paths are limited to 107 bytes: keep them short, in a private temporary folder
+        import tempfile
+
+        self._sockdir = Path(tempfile.mkdtemp(prefix="wbvm-"))
+        self.serial_sock = self._sockdir / "serial"
+        self.qmp_sock = self._sockdir / "qmp"
+        self.serial_log = workdir / "serial.log"
+        self.qemu_log = workdir / "qemu.log"
+        self.on_line = on_line
+        self.lines: list[SerialLine] = []
+        self._lines_cond = threading.Condition()
+        self.proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._qmp: QMPClient | None = None
+        self.started_at: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, connect_timeout: float = 30.0) -> QemuVM:
+        argv = self.config.argv(self.serial_sock, self.qmp_sock)
+        (self.workdir / "qemu.cmdline").write_text(" ".join(argv) + "\n")
+        self._qemu_log_file = open(self.qemu_log, "w")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._qemu_log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self.started_at = time.monotonic()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            try:
+                sock.connect(str(self.serial_sock))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    sock.close()
+                    self.stop()
+                    raise RuntimeError(
+                        f"QEMU did not start (exit {self.proc.returncode}): {self.qemu_log.read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.05)
+        self._reader = threading.Thread(target=self._read_serial, args=(sock,), daemon=True, name="serial")
+        self._reader.start()
+        return self
+
+    def __enter__(self) -> QemuVM:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stops QEMU: QMP quit, then SIGTERM, then SIGKILL. Safe to call more than once."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.qmp(timeout=1.0).execute("quit")
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        with contextlib.suppress(AttributeError, OSError):
+            self._qemu_log_file.close()
+        for p in (self.serial_sock, self.qmp_sock):
+            p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._sockdir.rmdir()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    # -- serial ----------------------------------------------------------------------------------------------
+    def _read_serial(self, sock: socket.socket) -> None:
+        buf = b""
+        with open(self.serial_log, "w", buffering=1) as log, sock:
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                now = time.monotonic()
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                for raw in complete:
+                    text = raw.decode(errors="replace").rstrip("\r")
+                    line = SerialLine(now, text)
+                    log.write(f"[{now - (self.started_at or now):10.3f}] {text}\n")
+                    with self._lines_cond:
+                        self.lines.append(line)
+                        self._lines_cond.notify_all()
+                    if self.on_line is not None:
+                        self.on_line(line)
+            if buf:
+                log.write(buf.decode(errors="replace") + "\n")
+        with self._lines_cond:
+            self._lines_cond.notify_all()
+
+    def wait_for(
+        self,
+        predicate: Callable[[SerialLine], bool],
+        timeout: float,
+        start: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, SerialLine] | None:
+        """The first serial line from index ``start`` on that satisfies ``predicate``; None on timeout or when QEMU
+        exits first. Returns (index, line)."""
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._lines_cond:
+            while True:
+                while i < len(self.lines):
+                    if predicate(self.lines[i]):
+                        return i, self.lines[i]
+                    i += 1
+                if cancel is not None and cancel.is_set():
+                    return None
+                if not self.running and (self._reader is None or not self._reader.is_alive()):
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lines_cond.wait(min(remaining, 0.2))
+
+    def serial_text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+    # -- QMP -------------------------------------------------------------------------------------------------
+    def qmp(self, timeout: float = 30.0) -> QMPClient:
+        if self._qmp is None:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    self._qmp = QMPClient(self.qmp_sock, timeout=max(timeout, 5.0))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if time.monotonic() > deadline or not self.running:
+                        raise
+                    time.sleep(0.05)
+        return self._qmp
+
+    def dump_guest_memory(self, path: Path, fmt: str = "elf") -> Path:
+        """Writes a vmcore of the guest (QMP ``dump-guest-memory``); ``fmt`` is ``elf`` or ``kdump-zlib``."""
+        args = {"paging": False, "protocol": f"file:{path}"}
+        if fmt != "elf":
+            args["format"] = fmt
+        self.qmp().execute("dump-guest-memory", **args)
+        return path

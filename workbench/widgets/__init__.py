@@ -1,0 +1,17 @@
+"""JupyterLab panels over plain controller classes (:mod:`workbench.widgets.controller`)."""
+
+import importlib
+
+__all__ = ["CyclePanel", "CycleController", "RecordsBrowser"]
+
+_HOME = {
+    "CyclePanel": "workbench.widgets.cycle_panel",
+    "CycleController": "workbench.widgets.controller",
+    "RecordsBrowser": "workbench.widgets.records_browser",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'workbench.widgets' has no attribute {name!r}")

@@ -1,0 +1,132 @@
+"""The cycle control panel: parameters, Run and Cancel, a progress line per phase, the serial log, and when done
+a timeline of the phases with the blackout marked, the verification result and the record id."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as w
+
+from workbench.cli.common import parse_size
+from workbench.lab.cycle import PHASES, CycleParams
+from workbench.records import RecordStore
+from workbench.widgets.controller import CycleController
+
+__all__ = ["CyclePanel"]
+
+_STATUS_STYLE = {"pending": "", "running": "info", "done": "success", "failed": "danger"}
+
+
+class CyclePanel(w.VBox):
+    """``CyclePanel()`` in a notebook cell; the cycle runs in a worker thread, the kernel stays responsive."""
+
+    def __init__(
+        self,
+        memfds: int = 2,
+        memfd_size: str = "64M",
+        session: str = "workbench",
+        store: RecordStore | None = None,
+        controller: CycleController | None = None,
+    ):
+        self.controller = controller or CycleController(store)
+        from workbench.lab.kernel import cached_kernel
+
+        kernel = cached_kernel()
+        self.target = w.Dropdown(options=[("lab VM (QEMU on this machine)", "qemu")], description="target")
+        self.kernel = w.Dropdown(
+            options=[(f"lab kernel {kernel.release}" if kernel else "lab kernel (built on first run)", "")],
+            description="next kernel",
+        )
+        self.memfds = w.BoundedIntText(value=memfds, min=0, max=64, description="memfds")
+        self.memfd_size = w.Text(value=memfd_size, description="memfd size")
+        self.session = w.Text(value=session, description="session")
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
+        self.status = w.HTML("<b>idle</b>")
+        self.bars = {
+            p: w.FloatProgress(value=0, min=0, max=1, description=p, bar_style="", layout=w.Layout(width="420px"))
+            for p in PHASES
+        }
+        self.times = {p: w.Label("") for p in PHASES}
+        self.log = w.Textarea(value="", layout=w.Layout(width="100%", height="240px"), disabled=True)
+        self.log_pane = w.Accordion(children=[self.log], titles=("serial console",), selected_index=None)
+        self.figure = w.Output()
+        self.outcome = w.HTML("")
+        self.run_button.on_click(lambda _: self.start())
+        self.cancel_button.on_click(lambda _: self.controller.cancel())
+        self.controller.observe(self._changed)
+        form = w.VBox([self.target, self.kernel, self.memfds, self.memfd_size, self.session])
+        progress = w.VBox([w.HBox([self.bars[p], self.times[p]]) for p in PHASES])
+        super().__init__(
+            [
+                w.HBox([form, progress]),
+                w.HBox([self.run_button, self.cancel_button, self.status]),
+                self.outcome,
+                self.figure,
+                self.log_pane,
+            ]
+        )
+
+    def params(self) -> CycleParams:
+        return CycleParams(
+            memfds=self.memfds.value, memfd_size=parse_size(self.memfd_size.value), session=self.session.value
+        )
+
+    def start(self) -> None:
+        try:
+            self.controller.start(self.params())
+        except (ValueError, RuntimeError) as exc:
+            self.status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
+
+    def run_and_wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Starts the cycle and blocks until it ends (headless notebooks); returns the result."""
+        self.start()
+        self.controller.wait(timeout)
+        if self.controller.result is None:
+            raise RuntimeError(self.controller.error or "the cycle did not finish")
+        return self.controller.result
+
+    # -- observer, called from the worker thread -------------------------------------------------------------
+    def _changed(self, controller: CycleController, what: str) -> None:
+        if what == "line":
+            lines = list(controller.log)[-400:]
+            self.log.value = "\n".join(lines)
+            return
+        for name, phase in controller.phases.items():
+            bar = self.bars[name]
+            bar.bar_style = _STATUS_STYLE[phase.status]
+            bar.value = 1 if phase.status in ("done", "failed") else (0.5 if phase.status == "running" else 0)
+            self.times[name].value = f"{phase.seconds:.3f} s" if phase.seconds is not None else ""
+        running = controller.state == "running"
+        self.run_button.disabled = running
+        self.cancel_button.disabled = not running
+        state = html.escape(controller.state)
+        detail = html.escape(controller.detail)
+        self.status.value = f"<b>{state}</b> <small>{detail}</small>"
+        if what == "state" and not running:
+            self._show_outcome(controller)
+
+    def _show_outcome(self, controller: CycleController) -> None:
+        result = controller.result
+        record = html.escape(controller.record_id or "")
+        if result is None:
+            self.outcome.value = (
+                f"<div style='color:#b00'><b>{html.escape(controller.state)}</b>: "
+                f"{html.escape(controller.error or '')}<br>record <code>{record}</code></div>"
+            )
+            return
+        ok = result["verified"]
+        color = "#070" if ok else "#b00"
+        self.outcome.value = (
+            f"<div style='color:{color}'><b>{'verified' if ok else 'NOT verified'}</b>: "
+            f"{result['pages_checked']} pages, session <code>{html.escape(result['session'])}</code>, "
+            f"blackout {result['blackout_s']:.3f} s, {html.escape(str(result['kernel_release_before']))} → "
+            f"{html.escape(str(result['kernel_release_after']))}; record <code>{record}</code> "
+            f"(<code>workbench records show {record}</code>)</div>"
+        )
+        from workbench.lab.plots import cycle_timeline
+
+        self.figure.clear_output()
+        with self.figure:
+            cycle_timeline(result).show()

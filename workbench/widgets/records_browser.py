@@ -1,0 +1,72 @@
+"""The records browser: filter runs by kind, status and parameters; pick two or more to compare side by side."""
+
+from __future__ import annotations
+
+import ipywidgets as w
+import pandas as pd
+import plotly.express as px
+
+from workbench.records import RecordStore
+from workbench.widgets.controller import RecordsController
+
+__all__ = ["RecordsBrowser"]
+
+
+class RecordsBrowser(w.VBox):
+    def __init__(self, store: RecordStore | None = None):
+        self.controller = RecordsController(store)
+        self.kind = w.Dropdown(options=[""] + self.controller.kinds(), description="kind")
+        self.status = w.Dropdown(options=["", "ok", "failed", "interrupted", "running"], description="status")
+        self.param = w.Text(placeholder="key=value", description="parameter")
+        self.refresh_button = w.Button(description="Refresh", icon="refresh")
+        self.runs = w.SelectMultiple(options=[], rows=10, layout=w.Layout(width="100%"), description="runs")
+        self.table = w.Dropdown(options=[], description="table")
+        self.compare_button = w.Button(description="Compare", button_style="primary")
+        self.out = w.Output()
+        for widget in (self.kind, self.status):
+            widget.observe(lambda _: self.refresh(), names="value")
+        self.param.on_submit(lambda _: self.refresh())
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.runs.observe(lambda _: self._tables(), names="value")
+        self.compare_button.on_click(lambda _: self.compare())
+        super().__init__(
+            [
+                w.HBox([self.kind, self.status, self.param, self.refresh_button]),
+                self.runs,
+                w.HBox([self.table, self.compare_button]),
+                self.out,
+            ]
+        )
+        self.refresh()
+
+    def _filters(self) -> dict[str, str]:
+        key, sep, value = self.param.value.partition("=")
+        return {key.strip(): value.strip()} if sep and key.strip() else {}
+
+    def refresh(self) -> None:
+        frame = self.controller.runs(self.kind.value, self.status.value, **self._filters())
+        self.runs.options = (
+            [(f"{r.id}  {r.kind}  {r.status}", r.id) for r in frame.itertuples()] if not frame.empty else []
+        )
+
+    def _tables(self) -> None:
+        ids = list(self.runs.value)
+        self.table.options = self.controller.common_tables(ids) if ids else []
+
+    def compare(self) -> None:
+        ids = list(self.runs.value)
+        self.out.clear_output()
+        with self.out:
+            if len(ids) < 1:
+                print("pick one or more runs")
+                return
+            from IPython.display import display
+
+            display(self.controller.compare_results(ids))
+            if self.table.value:
+                frame = self.controller.compare([*ids], self.table.value)
+                display(frame)
+                numeric = [c for c in frame.columns if c != "run_id" and pd.api.types.is_numeric_dtype(frame[c])]
+                label = next((c for c in frame.columns if frame[c].dtype == object and c != "run_id"), None)
+                if numeric:
+                    px.bar(frame, x=label or frame.index, y=numeric[-1], color="run_id", barmode="group").show()
