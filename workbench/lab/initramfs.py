@@ -70,8 +70,8 @@ if ip link set eth0 up 2>/dev/null; then
 fi
 
 if [ -n "$sshd" ]; then
-  cfg=/tmp/wb-results/sshd_config
-  chroot /newroot /bin/sh -c "mkdir -p /run/sshd && $sshd -f $cfg -E /tmp/wb-results/sshd.log" && echo "WB-MARK sshd-started"
+  cfg=/tmp/wb-results/sshd_config log=/tmp/wb-results/sshd.log
+  chroot /newroot /bin/sh -c "mkdir -p /run/sshd && $sshd -f $cfg -E $log" && echo "WB-MARK sshd-started"
 fi
 
 if [ "$phase" = shell ]; then
