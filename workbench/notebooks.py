@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -71,6 +72,8 @@ def export_html(executed: Path, html_path: Path) -> Path:
 
     nb = nbformat.read(executed, as_version=4)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    # The page must work offline: drop the template's CDN scripts (require.js, MathJax); plotly.js is inline.
+    body = re.sub(r'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>', "", body)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(body)

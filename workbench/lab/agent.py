@@ -166,7 +166,7 @@ class Agent:
         self.pause("preserve")
         with self.phase("load"):
             cmdline = " ".join(a for a in self.state["cmdline_before"].split() if not a.startswith("wb.phase="))
-            cmdline += " wb.phase=restore"
+            cmdline += f" wb.phase={req.get('next_phase', 'restore')}"
             if faults.get("next_boot_hangs"):
                 cmdline += " wb.hang=1"
             kexec_file_load(req["next_kernel"], req["next_initrd"], cmdline)

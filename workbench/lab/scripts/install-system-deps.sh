@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   build-essential bc flex bison libelf-dev libssl-dev dwarves cpio xz-utils zstd rsync
   qemu-system-x86 qemu-utils kexec-tools busybox-static
+  openssh-server openssh-client criu
+  chromium fonts-dejavu-core
 )
 
 missing=()
@@ -29,5 +31,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "workbench: installing system packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# openssh-server is needed inside the lab VM only: never start services on this machine while installing.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy"
+  trap '$sudo rm -f "$policy"' EXIT
+fi
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,123 @@
+"""The real-browser test: JupyterLab in headless Chromium runs the cycle notebook, Run is clicked in the panel, and
+the page must show the verified result and a rendered timeline. The static HTML report must open without console
+errors."""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from workbench.notebooks import NOTEBOOK_DIR, execute, export_html
+
+pytestmark = [pytest.mark.lab, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path, lab_kernel):
+    import papermill
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: make system-deps installs it")
+    root = tmp_path / "lab"
+    root.mkdir()
+    papermill.execute_notebook(
+        str(NOTEBOOK_DIR / "10-live-update-cycle.ipynb"),
+        str(root / "cycle.ipynb"),
+        parameters={"AUTO_RUN": False, "MEMFDS": 1, "MEMFD_SIZE": "8M", "SESSION": "browser-test"},
+        prepare_only=True,
+    )
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "WORKBENCH_DATA": str(tmp_path / "data"), "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg")}
+    log = open(tmp_path / "jupyter.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"JupyterLab did not start: {(tmp_path / 'jupyter.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield base, token
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_cycle_notebook_in_jupyterlab_click_run(jupyterlab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, token = jupyterlab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/lab/tree/cycle.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook", timeout=120_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        page.click("text=Run >> nth=0")  # the Run menu of the menu bar
+        page.click("text=Run All Cells")
+        run_button = page.locator(".widget-button:has-text('Run'), .jupyter-button:has-text('Run')").first
+        run_button.wait_for(timeout=300_000)
+        run_button.click()
+        page.wait_for_selector("text=verified", timeout=1_800_000)
+        assert page.locator("text=NOT verified").count() == 0
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+        page.screenshot(path=str(tmp_path / "cycle-panel.png"), full_page=True)
+        body = page.inner_text("body")
+        assert "blackout" in body and "record" in body
+        browser.close()
+
+
+@pytest.mark.notebook
+def test_html_report_opens_without_console_errors(tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
+    executed = execute(NOTEBOOK_DIR / "00-tour.ipynb", tmp_path / "tour.ipynb", {"SMOKE": True})
+    page_path = export_html(executed, tmp_path / "tour.html")
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_path.as_uri())
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
