@@ -155,6 +155,7 @@ class _CycleRunner:
         self.results = self.workdir / "guest"
         self.results.mkdir(parents=True, exist_ok=True)
         self.marks: list[tuple[str, dict, float]] = []
+        self._pos = 0  # serial lines before this index have been consumed by wait_mark
         self.phase = "boot"
         self.vm: QemuVM | None = None
         self.vmcores: dict[str, str] = {}
@@ -181,7 +182,7 @@ class _CycleRunner:
     # -- waiting ---------------------------------------------------------------------------------------------
     def wait_mark(self, events: tuple[str, ...], timeout: float, what: str) -> tuple[str, dict, float]:
         assert self.vm is not None
-        start = 0
+        start = self._pos
         deadline = time.monotonic() + timeout
         while True:
             if self.cancel.is_set():
@@ -195,6 +196,7 @@ class _CycleRunner:
             )
             if hit is not None:
                 index, line = hit
+                self._pos = index + 1
                 event, data = _parse_mark(line)  # type: ignore[misc]
                 if event in ("error", "init-error"):
                     phase = data.get("phase") or self.phase

@@ -53,7 +53,7 @@ fi
 fail() { echo "WB-MARK init-error $*"; sleep 1; poweroff -f; }
 p9="trans=virtio,version=9p2000.L,msize=524288"
 mount -t 9p -o "$p9,ro,cache=loose" hostroot /newroot || fail "cannot mount the host root over 9p"
-for d in tmp run var/tmp root; do
+for d in tmp run var/tmp; do
   [ -d /newroot/$d ] && mount -t tmpfs -o mode=1777 tmpfs /newroot/$d
 done
 mount --bind /dev /newroot/dev

@@ -47,7 +47,7 @@ class VMConfig:
     extra_args: list[str] = field(default_factory=list)
 
     def argv(self, serial_sock: Path, qmp_sock: Path) -> list[str]:
-        cpu = "host" if self.accel == "kvm" else "max"
+        cpu = "host,-arch-capabilities" if self.accel == "kvm" else "max"
         args = [
             qemu_binary(),
             "-machine",

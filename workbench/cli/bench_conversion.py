@@ -1,0 +1,145 @@
+"""``workbench bench conversion``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+from workbench.cli.common import SIZE, data_option, json_option, output_option, run_recorded
+
+__all__ = ["conversion_cmd", "summarize"]
+
+_STRATEGY_FIELDS = (
+    "bytes_per_s",
+    "ratio_to_memcpy",
+    "seconds",
+    "alloc_s",
+    "copy_s",
+    "copier",
+    "threads",
+    "pipe_size",
+    "pipe_size_obtained",
+    "size",
+)
+
+
+_TABLE_COLUMNS = [
+    "strategy",
+    "copier",
+    "size",
+    "threads",
+    "pipe_size",
+    "seconds",
+    "alloc_s",
+    "copy_s",
+    "bytes_per_s",
+    "ratio_to_memcpy",
+    "verified",
+    "reason",
+]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON: numpy scalars as Python ones, NaN and infinities as ``None``."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _strategy_summary(rows) -> dict[str, Any]:
+    """The fastest available combination at the largest size measured, and whether every combination verified."""
+    available = rows[rows["available"]]
+    summary: dict[str, Any] = {
+        "available": bool(len(available)),
+        "verified": bool(len(available)) and bool(available["verified"].all()),
+        "reason": "; ".join(dict.fromkeys(reason for reason in rows["reason"] if reason)),
+    }
+    largest = available[available["size"] == available["size"].max()]
+    if len(largest):
+        best = largest.loc[largest["bytes_per_s"].idxmax()]
+        summary.update({field: _plain(best[field]) for field in _STRATEGY_FIELDS})
+    else:
+        summary.update(dict.fromkeys(_STRATEGY_FIELDS))
+    return summary
+
+
+def summarize(frame, limits: dict[str, float], params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary of a :func:`~workbench.kernels.conversion.run_conversion` result: the parameters, the
+    limits, per strategy its best ``bytes_per_s`` and ``ratio_to_memcpy``, and every row."""
+    strategies = {name: _strategy_summary(rows) for name, rows in frame.groupby("strategy", sort=False)}
+    return {
+        **params,
+        **{key: _plain(value) for key, value in limits.items()},
+        "all_verified": all(s["verified"] for s in strategies.values() if s["available"]),
+        "unavailable": {name: s["reason"] for name, s in strategies.items() if not s["available"]},
+        "strategies": strategies,
+        "rows": [{key: _plain(value) for key, value in row.items()} for row in frame.to_dict("records")],
+    }
+
+
+@click.command("conversion")
+@click.option(
+    "--size", "sizes", type=SIZE, multiple=True, help="Bytes of anonymous memory to convert; repeat (default 256M)."
+)
+@click.option(
+    "--threads",
+    "thread_counts",
+    type=click.IntRange(1),
+    multiple=True,
+    help="Threads for the parallel copies; repeat (default: 1 and the CPU count).",
+)
+@click.option("--strategy", "strategies", multiple=True, help="Only this strategy; repeat (default: all).")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Best of this many runs.")
+@click.option(
+    "--pipe-size", "pipe_sizes", type=SIZE, multiple=True, help="Pipe buffer for vmsplice; repeat (default 64K, 1M)."
+)
+@json_option
+@data_option
+@output_option
+def conversion_cmd(sizes, thread_counts, strategies, repeats, pipe_sizes, as_json, data_dir, output) -> None:
+    """Anonymous memory into memfds (copies, write, vmsplice+splice, process_vm_readv, huge pages), each
+    verified page by page, against the machine's memcpy bandwidth and page allocation rate."""
+    from workbench.kernels.conversion import (
+        DEFAULT_PIPE_SIZES,
+        STRATEGIES,
+        check_arguments,
+        default_thread_counts,
+        run_conversion,
+    )
+
+    params = {
+        "sizes": list(sizes or (256 << 20,)),
+        "threads": list(thread_counts or default_thread_counts()),
+        "strategies": list(strategies or STRATEGIES),
+        "repeats": repeats,
+        "pipe_sizes": list(pipe_sizes or DEFAULT_PIPE_SIZES),
+    }
+    try:
+        check_arguments(params["sizes"], params["threads"], params["strategies"], repeats)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    def body(run) -> dict[str, Any]:
+        import pandas as pd
+
+        frame, limits = run_conversion(
+            params["sizes"], params["threads"], params["strategies"], repeats, params["pipe_sizes"], progress=True
+        )
+        summary = summarize(frame, limits, params)
+        summary["tables"] = {"conversion": frame, "limits": pd.DataFrame([limits])}
+        return summary
+
+    summary = run_recorded("bench.conversion", params, body, data_dir=data_dir, output=output, as_json=as_json)
+    if not as_json:
+        import pandas as pd
+
+        from workbench.cli.output import emit_frame
+
+        emit_frame(pd.DataFrame(summary["rows"])[_TABLE_COLUMNS])
+    if not summary["all_verified"]:
+        click.echo("workbench: some conversions did not verify: see the rows with verified false", err=True)
+        raise SystemExit(1)
