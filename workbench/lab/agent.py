@@ -171,6 +171,8 @@ class Agent:
                 hashes.append(h)
             np.save(self.results / "fingerprints-before.npy", np.stack(hashes) if hashes else np.zeros((0, 0)))
             self.state["hash_impl"] = impl if hashes else None
+        self.save()
+        self.pause("prepare")
         with self.phase("preserve"):
             session = luo.create_session(req["session"])
             for fd, token in zip(memfds, req["tokens"], strict=True):

@@ -31,6 +31,7 @@ from workbench.records import RecordStore, open_store
 
 __all__ = ["CycleParams", "CycleFailed", "CycleCancelled", "CycleEvent", "run_cycle", "PHASES"]
 
+PAUSE_POINTS = ("prepare", "preserve", "restore")
 PHASES = ("boot", "prepare", "preserve", "load", "kexec", "restore", "verify", "finish")
 MARK = "WB-MARK "
 
@@ -56,6 +57,7 @@ class CycleParams:
     dump_format: str = "elf"
     ram_file: bool = False
     faults: dict[str, Any] = field(default_factory=dict)
+    qemu_args: list[str] = field(default_factory=list)
     timeout_s: float | None = None
     return_timeout_s: float | None = None
 
@@ -79,6 +81,9 @@ class CycleParams:
         for phase in self.dump_after:
             if phase not in ("preserve", "restore"):
                 raise ValueError(f"--dump-after takes preserve or restore, not {phase!r}")
+        for phase in self.pause_after:
+            if phase not in PAUSE_POINTS:
+                raise ValueError(f"a cycle can pause after {', '.join(PAUSE_POINTS)}, not {phase!r}")
         if self.dump_format not in ("elf", "kdump-zlib"):
             raise ValueError("dump format is elf or kdump-zlib")
 
@@ -277,6 +282,7 @@ class _CycleRunner:
                 "wbcache": (guest_cache, False),
             },
             ram_file=(self.workdir / "guest-ram") if p.ram_file else None,
+            extra_args=list(p.qemu_args),
         )
         self.emit(kind="state", name="booting", text=f"{accel.accel}: {accel.reason}")
         self.vm = QemuVM(config, self.workdir, on_line=self.on_line)
@@ -289,8 +295,8 @@ class _CycleRunner:
             for phase in ("prepare", "preserve"):
                 self.phase = phase
                 self.wait_mark(("phase-end",), work_timeout, f"in phase {phase}")
-            if "preserve" in request["pause_after"]:
-                self.paused("preserve", work_timeout)
+                if phase in request["pause_after"]:
+                    self.paused(phase, work_timeout)
             self.phase = "load"
             self.wait_mark(("phase-end",), work_timeout, "loading the next kernel")
             self.phase = "kexec"
