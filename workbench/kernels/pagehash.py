@@ -147,7 +147,7 @@ def benchmark(size: int, repeats: int = 5) -> dict:
 
     if size <= 0 or size % PAGE_SIZE:
         raise ValueError(f"size {size} is not a positive multiple of {PAGE_SIZE}")
-    mem = mmap.mmap(-1, size)
+    mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # anonymous memory, not shmem
     arr = np.frombuffer(mem, dtype=np.uint64)
     arr[:] = np.arange(arr.size, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     page_hashes(mem[: PAGE_SIZE * 8])  # compile before timing
