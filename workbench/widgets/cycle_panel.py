@@ -49,8 +49,8 @@ class CyclePanel(w.VBox):
             for p in PHASES
         }
         self.times = {p: w.Label("") for p in PHASES}
-        self.log = w.Textarea(value="", layout=w.Layout(width="100%", height="240px"), disabled=True)
-        self.log_pane = w.Accordion(children=[self.log], titles=("serial console",), selected_index=None)
+        self.console = w.Textarea(value="", layout=w.Layout(width="100%", height="240px"), disabled=True)
+        self.log_pane = w.Accordion(children=[self.console], titles=("serial console",), selected_index=None)
         self.figure = w.Output()
         self.outcome = w.HTML("")
         self.run_button.on_click(lambda _: self.start())
@@ -91,7 +91,7 @@ class CyclePanel(w.VBox):
     def _changed(self, controller: CycleController, what: str) -> None:
         if what == "line":
             lines = list(controller.log)[-400:]
-            self.log.value = "\n".join(lines)
+            self.console.value = "\n".join(lines)
             return
         for name, phase in controller.phases.items():
             bar = self.bars[name]
