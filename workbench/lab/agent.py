@@ -8,11 +8,17 @@ results folder (a writable share the host reads). Phase times use the target's m
 prepare: create the memfds, fill them with a deterministic pattern, fingerprint every page; preserve: create the
 LUO session and preserve each memfd with its token; load: ``kexec_file_load`` the next kernel with
 ``wb.phase=restore``; kexec: keep the session open and ``reboot(LINUX_REBOOT_CMD_KEXEC)``.
-restore (next kernel): retrieve the session and every token, re-fingerprint, compare; finish the session."""
+restore (next kernel): retrieve the session and every token, re-fingerprint, compare; finish the session.
+
+Over SSH the host asks for two more things in request.json: ``dry_run`` (stop after the load: unload the kernel,
+close the session so that nothing stays preserved, exit) and ``confirm_kexec`` (after the load, print
+``kexec-ready`` and read one line from stdin: ``kexec`` goes on, anything else or end of file, e.g. a dropped
+connection, aborts like a dry run). ``next_phase`` names the next kernel's ``wb.phase=`` (default restore)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -24,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from workbench.lab.liveupdate import LiveUpdate, kexec_file_load, power_off, reboot_kexec
+
+KEXEC_FILE_UNLOAD = 0x1
 
 __all__ = ["fill_pattern", "fingerprint", "page_frames", "main"]
 
@@ -82,6 +90,25 @@ def fingerprint(buf) -> tuple[np.ndarray, str]:
         for i in range(out.size):
             out[i] = int.from_bytes(hashlib.blake2b(view[i * PAGE : (i + 1) * PAGE], digest_size=8).digest(), "little")
         return out, "blake2b64-python"
+
+
+def kexec_file_unload() -> None:
+    """Unloads the kernel ``kexec_file_load`` loaded (``KEXEC_FILE_UNLOAD``): nothing stays armed for a kexec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ret = libc.syscall(
+        ctypes.c_long(320),  # SYS_kexec_file_load on x86_64
+        ctypes.c_int(-1),
+        ctypes.c_int(-1),
+        ctypes.c_ulong(0),
+        ctypes.c_char_p(None),
+        ctypes.c_ulong(KEXEC_FILE_UNLOAD),
+    )
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"kexec_file_load(KEXEC_FILE_UNLOAD): {os.strerror(err)}")
 
 
 def page_frames(mapping: mmap.mmap) -> np.ndarray:
@@ -191,12 +218,50 @@ class Agent:
             if faults.get("next_boot_hangs"):
                 cmdline += " wb.hang=1"
             kexec_file_load(req["next_kernel"], req["next_initrd"], cmdline)
+        self.state["next_cmdline"] = cmdline
+        if req.get("dry_run"):
+            self.stand_down("dry run", luo, session, maps, memfds)
+            return
+        if req.get("confirm_kexec"):
+            mark("kexec-ready")
+            answer = sys.stdin.readline().strip()
+            if answer != "kexec":
+                self.stand_down(
+                    f"the host did not confirm the kexec (got {answer or 'end of file'!r})", luo, session, maps, memfds
+                )
+                return
         self.state["current_phase"] = "kexec"
         self.save()
         os.sync()
         mark("kexec")
         reboot_kexec()
         raise RuntimeError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
+
+    def stand_down(self, reason: str, luo: LiveUpdate, session, maps: list[mmap.mmap], memfds: list[int]) -> None:
+        """No kexec after all: unload the next kernel and close the session, which releases what it preserved."""
+        self.state["current_phase"] = "stand-down"
+        undone = []
+        for what, step in (
+            ("kexec unload", kexec_file_unload),
+            ("session close", session.close),
+            ("/dev/liveupdate close", luo.close),
+        ):
+            try:
+                step()
+                undone.append(what)
+            except OSError as exc:
+                self.state["events"].append(f"{what} failed: {exc}")
+        for m in maps:
+            with contextlib.suppress(BufferError):
+                m.close()
+        for fd in memfds:
+            os.close(fd)
+        self.state["stood_down"] = {"reason": reason, "undone": undone}
+        self.state["dry_run"] = bool(self.request.get("dry_run"))
+        self.state["current_phase"] = None
+        self.save()
+        with contextlib.suppress(OSError):  # the host went away: nothing left to tell it
+            mark("dry-run-done" if self.state["dry_run"] else "aborted", {"reason": reason, "undone": undone})
 
     def try_modify(self, memfds: list[int], maps: list[mmap.mmap], where: dict) -> None:
         """Fault injection: change a page after preservation, through write(2) and through the mapping."""

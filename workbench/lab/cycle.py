@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -29,7 +29,7 @@ from workbench.lab.liveupdate import check_session_name
 from workbench.lab.qemu import QemuVM, SerialLine, VMConfig, qemu_version
 from workbench.records import RecordStore, open_store
 
-__all__ = ["CycleParams", "CycleFailed", "CycleCancelled", "CycleEvent", "run_cycle", "PHASES"]
+__all__ = ["CycleParams", "CycleFailed", "CycleCancelled", "CycleEvent", "run_cycle", "record_cycle", "PHASES"]
 
 PAUSE_POINTS = ("prepare", "preserve", "restore")
 PHASES = ("boot", "prepare", "preserve", "load", "kexec", "restore", "verify", "finish")
@@ -102,16 +102,25 @@ class CycleEvent:
 
 
 class CycleFailed(RuntimeError):
-    """A cycle did not complete. ``phase`` says where, ``serial_log`` what the target printed."""
+    """A cycle did not complete. ``phase`` says where, ``serial_log`` what the target printed (the serial console
+    of a VM; the agent's output over SSH, ``log_name`` says which)."""
 
-    def __init__(self, message: str, phase: str, serial_log: Path | None, record_id: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        phase: str,
+        serial_log: Path | None,
+        record_id: str | None = None,
+        log_name: str = "serial log",
+    ):
         super().__init__(message)
         self.phase = phase
         self.serial_log = serial_log
         self.record_id = record_id
+        self.log_name = log_name
 
     def __str__(self) -> str:
-        where = f"; serial log: {self.serial_log}" if self.serial_log else ""
+        where = f"; {self.log_name}: {self.serial_log}" if self.serial_log else ""
         return f"cycle failed in phase {self.phase}: {self.args[0]}{where}"
 
 
@@ -140,30 +149,65 @@ def _config_of(next_kernel: Path, explicit: str | None) -> str | None:
     return None
 
 
-class _CycleRunner:
+class LineSource(Protocol):
+    """Where a target's agent output arrives: a VM's serial console or an SSH channel (see :class:`QemuVM`)."""
+
+    lines: list[SerialLine]
+
+    @property
+    def running(self) -> bool: ...
+
+    def wait_for(
+        self,
+        predicate: Callable[[SerialLine], bool],
+        timeout: float,
+        start: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, SerialLine] | None: ...
+
+
+class MarkRunner:
+    """What every target shares: events from the agent's ``WB-MARK`` lines, waiting for marks on a
+    :class:`LineSource`, the agent's error, the result built from the agent's JSON files. Subclasses set
+    ``source`` and implement ``execute()``."""
+
+    log_name = "serial log"
+
     def __init__(
         self,
         params: CycleParams,
-        kernel: LabKernel,
         run,
         on_event: Callable[[CycleEvent], None] | None,
         cancel: threading.Event | None,
-        on_pause: Callable[[str, QemuVM], None] | None,
     ):
         self.p = params
-        self.kernel = kernel
         self.run = run
         self.on_event = on_event or (lambda e: None)
         self.cancel = cancel or threading.Event()
-        self.on_pause = on_pause
         self.workdir: Path = run.artifacts_dir
         self.results = self.workdir / "guest"
         self.results.mkdir(parents=True, exist_ok=True)
         self.marks: list[tuple[str, dict, float]] = []
-        self._pos = 0  # serial lines before this index have been consumed by wait_mark
+        self._pos = 0  # lines before this index have been consumed by wait_mark
         self.phase = "boot"
-        self.vm: QemuVM | None = None
-        self.vmcores: dict[str, str] = {}
+        self.source: LineSource | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return None
+
+    def fail(self, message: str, phase: str | None = None) -> CycleFailed:
+        return CycleFailed(message, phase or self.phase, self.log_path, log_name=self.log_name)
+
+    def source_stopped(self, what: str) -> str:
+        return f"the target stopped while {what}"
+
+    def failure_details(self) -> dict[str, Any]:
+        """Extra facts recorded with a failed run."""
+        return {}
+
+    def execute(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def emit(self, **kw) -> None:
         self.on_event(CycleEvent(**kw))
@@ -186,14 +230,15 @@ class _CycleRunner:
 
     # -- waiting ---------------------------------------------------------------------------------------------
     def wait_mark(self, events: tuple[str, ...], timeout: float, what: str) -> tuple[str, dict, float]:
-        assert self.vm is not None
+        source = self.source
+        assert source is not None
         start = self._pos
         deadline = time.monotonic() + timeout
         while True:
             if self.cancel.is_set():
                 raise CycleCancelled()
             remaining = deadline - time.monotonic()
-            hit = self.vm.wait_for(
+            hit = source.wait_for(
                 lambda ln: (m := _parse_mark(ln)) is not None and m[0] in events + ("error", "init-error"),
                 timeout=max(0.0, min(remaining, 0.5)),
                 start=start,
@@ -206,17 +251,15 @@ class _CycleRunner:
                 if event in ("error", "init-error"):
                     phase = data.get("phase") or self.phase
                     detail = self._agent_error() or data.get("message") or data.get("text")
-                    raise CycleFailed(f"the agent reported: {detail}", phase, self.vm.serial_log)
+                    raise self.fail(f"the agent reported: {detail}", phase)
                 return event, data, line.host_time
             if self.cancel.is_set():
                 raise CycleCancelled()
-            if not self.vm.running:
-                raise CycleFailed(
-                    f"the VM stopped while {what} (QEMU exit {self.vm.proc.returncode})", self.phase, self.vm.serial_log
-                )
+            if not source.running:
+                raise self.fail(self.source_stopped(what))
             if time.monotonic() >= deadline:
-                raise CycleFailed(f"timed out after {timeout:.0f} s {what}", self.phase, self.vm.serial_log)
-            start = len(self.vm.lines)
+                raise self.fail(f"timed out after {timeout:.0f} s {what}")
+            start = len(source.lines)
 
     def _agent_error(self) -> str | None:
         for name in ("restore.json", "prepare.json"):
@@ -226,6 +269,64 @@ class _CycleRunner:
                 if err:
                     return f"{err['type']}: {err['message']}"
         return None
+
+    def agent_result(self, prepare: dict, restore: dict, t_kexec: float, t_back: float) -> dict[str, Any]:
+        """The result fields every target reports, from the agent's prepare.json and restore.json and the host's
+        times of the kexec and of the target's return."""
+        guest_phases = {**prepare.get("phases", {}), **restore.get("phases", {})}
+        phases = {name: guest_phases[name] for name in ("prepare", "preserve", "load") if name in guest_phases}
+        phases["kexec"] = t_back - t_kexec
+        for name in ("restore", "verify", "finish"):
+            if name in guest_phases:
+                phases[name] = guest_phases[name]
+        memfds = restore.get("memfds", [])
+        result = {
+            "verified": bool(restore.get("verified")) and bool(restore.get("finished")),
+            "pages_checked": restore.get("pages_checked", 0),
+            "session": prepare.get("session", self.p.session),
+            "phases": phases,
+            "blackout_s": t_back - t_kexec,
+            "kernel_release_before": prepare.get("kernel_release_before"),
+            "kernel_release_after": restore.get("kernel_release_after"),
+            "kernel_release": {
+                "before": prepare.get("kernel_release_before"),
+                "after": restore.get("kernel_release_after"),
+            },
+            "memfds": memfds,
+            "differing_pages": {str(m["memfd"]): m["differing_pages"] for m in memfds if m["differing_count"]},
+            "hash": prepare.get("hash_impl"),
+        }
+        if "modify_after_preserve" in prepare:
+            result["modify_after_preserve"] = prepare["modify_after_preserve"]
+        if restore.get("events") or prepare.get("events"):
+            result["events"] = prepare.get("events", []) + restore.get("events", [])
+        return result
+
+
+class _CycleRunner(MarkRunner):
+    """The QEMU target: the lab VM on this machine."""
+
+    def __init__(
+        self,
+        params: CycleParams,
+        kernel: LabKernel,
+        run,
+        on_event: Callable[[CycleEvent], None] | None,
+        cancel: threading.Event | None,
+        on_pause: Callable[[str, QemuVM], None] | None,
+    ):
+        super().__init__(params, run, on_event, cancel)
+        self.kernel = kernel
+        self.on_pause = on_pause
+        self.vm: QemuVM | None = None
+        self.vmcores: dict[str, str] = {}
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.vm.serial_log if self.vm is not None else None
+
+    def source_stopped(self, what: str) -> str:
+        return f"the VM stopped while {what} (QEMU exit {self.vm.proc.returncode})"
 
     # -- the cycle -------------------------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -286,6 +387,7 @@ class _CycleRunner:
         )
         self.emit(kind="state", name="booting", text=f"{accel.accel}: {accel.reason}")
         self.vm = QemuVM(config, self.workdir, on_line=self.on_line)
+        self.source = self.vm
         t_boot = time.monotonic()
         with self.vm:
             self.emit(kind="phase", name="boot", status="begin", host_time=t_boot)
@@ -337,40 +439,18 @@ class _CycleRunner:
     def collect(self, t_boot, t_agent, t_kexec, t_init, t_back, accel: AccelChoice) -> dict[str, Any]:
         prepare = json.loads((self.results / "prepare.json").read_text())
         restore = json.loads((self.results / "restore.json").read_text())
-        guest_phases = {**prepare.get("phases", {}), **restore.get("phases", {})}
-        phases = {name: guest_phases[name] for name in ("prepare", "preserve", "load") if name in guest_phases}
-        phases["kexec"] = t_back - t_kexec
-        for name in ("restore", "verify", "finish"):
-            if name in guest_phases:
-                phases[name] = guest_phases[name]
-        memfds = restore.get("memfds", [])
-        result = {
-            "verified": bool(restore.get("verified")) and bool(restore.get("finished")),
-            "pages_checked": restore.get("pages_checked", 0),
-            "session": prepare.get("session", self.p.session),
-            "phases": phases,
-            "blackout_s": t_back - t_kexec,
-            "blackout_breakdown": {"kexec_to_init_s": t_init - t_kexec, "init_to_agent_s": t_back - t_init},
-            "boot_s": t_agent - t_boot,
-            "kernel_release_before": prepare.get("kernel_release_before"),
-            "kernel_release_after": restore.get("kernel_release_after"),
-            "kernel_release": {
-                "before": prepare.get("kernel_release_before"),
-                "after": restore.get("kernel_release_after"),
-            },
-            "memfds": memfds,
-            "differing_pages": {str(m["memfd"]): m["differing_pages"] for m in memfds if m["differing_count"]},
-            "hash": prepare.get("hash_impl"),
-            "accelerator": accel.accel,
-            "accelerator_reason": accel.reason,
-            "memory_mb": self.p.resolved_memory_mb(),
-            "serial_log": str(self.vm.serial_log),
-            "run_dir": str(self.workdir),
-        }
-        if "modify_after_preserve" in prepare:
-            result["modify_after_preserve"] = prepare["modify_after_preserve"]
-        if restore.get("events") or prepare.get("events"):
-            result["events"] = prepare.get("events", []) + restore.get("events", [])
+        result = self.agent_result(prepare, restore, t_kexec, t_back)
+        result.update(
+            {
+                "blackout_breakdown": {"kexec_to_init_s": t_init - t_kexec, "init_to_agent_s": t_back - t_init},
+                "boot_s": t_agent - t_boot,
+                "accelerator": accel.accel,
+                "accelerator_reason": accel.reason,
+                "memory_mb": self.p.resolved_memory_mb(),
+                "serial_log": str(self.vm.serial_log),
+                "run_dir": str(self.workdir),
+            }
+        )
         if self.vmcores:
             result["vmcores"] = self.vmcores
             result["vmcore"] = next(iter(self.vmcores.values())) if len(self.vmcores) == 1 else self.vmcores
@@ -421,14 +501,30 @@ def run_cycle(
             )
         require_live_update(text, f"the next kernel {nxt}")
     store = store or open_store()
+    return record_cycle(
+        store,
+        {"target": "qemu", **asdict(params)},
+        lambda run: _CycleRunner(params, kernel, run, on_event, cancel, on_pause),
+    )
+
+
+def record_cycle(store: RecordStore, record_params: dict[str, Any], make_runner: Callable[[Any], MarkRunner]) -> dict:
+    """Runs ``make_runner(run).execute()`` inside a ``lab.cycle`` record with ``record_params``: a failure is
+    recorded ``failed`` with its phase and log, a result that did not verify is recorded ``failed`` and returned,
+    a dry run (``dry_run`` true in the result) is recorded ``ok``."""
     try:
-        with store.run("lab.cycle", {"target": "qemu", **asdict(params)}) as run:
-            runner = _CycleRunner(params, kernel, run, on_event, cancel, on_pause)
+        with store.run("lab.cycle", record_params) as run:
+            runner = make_runner(run)
             try:
                 result = runner.execute()
             except CycleFailed as exc:
                 exc.record_id = run.id
-                run.update_result(failed_phase=exc.phase, serial_log=str(exc.serial_log), run_dir=str(runner.workdir))
+                run.update_result(
+                    failed_phase=exc.phase,
+                    serial_log=str(exc.serial_log),
+                    run_dir=str(runner.workdir),
+                    **runner.failure_details(),
+                )
                 for name, frame in _tables({"phases": {}, "memfds": []}, runner.marks).items():
                     run.add_table(name, frame)
                 runner.emit(kind="state", name="failed", text=str(exc))
@@ -440,7 +536,7 @@ def run_cycle(
             for name, frame in _tables(result, runner.marks).items():
                 run.add_table(name, frame)
             run.update_result(**{k: v for k, v in result.items() if k != "record_id"})
-            if not result["verified"]:
+            if not result["verified"] and not result.get("dry_run"):
                 runner.emit(kind="state", name="unverified")
                 raise Unverified(result)
     except Unverified:
