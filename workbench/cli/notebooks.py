@@ -9,6 +9,17 @@ from workbench.cli.common import data_option, json_option
 from workbench.cli.output import emit_json, fail
 
 
+def _store_for_notebooks(data_dir):
+    """The record store, shared with the notebooks' kernels (they inherit WORKBENCH_DATA)."""
+    import os
+
+    from workbench.records import open_store
+
+    store = open_store(data_dir)
+    os.environ["WORKBENCH_DATA"] = str(store.data_dir.resolve())
+    return store
+
+
 def _parse_value(text: str):
     try:
         return yaml.safe_load(text)
@@ -34,14 +45,13 @@ def run_notebook(name, parameters, data_dir, as_json) -> None:
     from papermill.exceptions import PapermillExecutionError
 
     from workbench.notebooks import execute, export_html, find_notebook
-    from workbench.records import open_store
 
     try:
         notebook = find_notebook(name)
     except FileNotFoundError as exc:
         fail(str(exc))
     params = {k: _parse_value(v) for k, v in parameters}
-    store = open_store(data_dir)
+    store = _store_for_notebooks(data_dir)
     try:
         with store.run("notebook", {"notebook": notebook.name, **params}) as run:
             executed = run.artifacts_dir / notebook.name
@@ -66,13 +76,26 @@ def run_notebook(name, parameters, data_dir, as_json) -> None:
 @data_option
 def demo(smoke, only, data_dir) -> None:
     """The main job: run every notebook headless and write a static HTML report (one page each + index)."""
-    from workbench.notebooks import build_report, list_notebooks
-    from workbench.records import open_store
+    from workbench.notebooks import list_notebooks
 
     notebooks = [nb for nb in list_notebooks() if not only or any(o in nb.stem for o in only)]
     if not notebooks:
         fail("no notebooks to run")
-    store = open_store(data_dir)
+    store = _store_for_notebooks(data_dir)
+    try:
+        index = _demo(store, notebooks, smoke)
+    except DemoFailed as exc:
+        fail(str(exc))
+    click.echo(f"report: {index}")
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+def _demo(store, notebooks, smoke):
+    from workbench.notebooks import build_report
+
     with store.run("demo", {"smoke": smoke, "notebooks": [nb.name for nb in notebooks]}) as run:
         out_dir = store.data_dir / "reports" / run.id
 
@@ -84,5 +107,5 @@ def demo(smoke, only, data_dir) -> None:
         failed = [r["notebook"] for r in rows if r["status"] != "ok"]
         run.update_result(report=str(index), notebooks=rows, failed=failed)
         if failed:
-            raise RuntimeError(f"notebooks failed: {', '.join(failed)}; see {index}")
-    click.echo(f"report: {index}")
+            raise DemoFailed(f"notebooks failed: {', '.join(failed)}; the report is still at {index}")
+    return index

@@ -1,0 +1,48 @@
+"""``workbench run-notebook`` and ``workbench demo`` write executed notebooks, HTML pages and records."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from workbench.records import RecordStore
+
+WB = [sys.executable, "-m", "workbench.cli"]
+
+
+@pytest.mark.notebook
+def test_run_notebook_records_and_exports(tmp_path):
+    data = tmp_path / "data"
+    out = subprocess.run(
+        [*WB, "run-notebook", "tour", "-p", "HASH_SIZE", "8M", "--data", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    record = RecordStore(data).get(result["record_id"])
+    assert record.kind == "notebook" and record.status == "ok"
+    assert record.params == {"notebook": "00-tour.ipynb", "HASH_SIZE": "8M"}
+    assert "Plotly.newPlot" in open(result["html"]).read()
+    # the notebook's own benchmark went to the same record store
+    assert RecordStore(data).runs(kind="bench.hash")[0].params["size"] == 8 << 20
+
+
+def test_unknown_notebook_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        [*WB, "run-notebook", "no-such-thing", "--data", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "the notebooks are: 00-tour" in proc.stderr
+
+
+@pytest.mark.notebook
+def test_demo_writes_an_index_and_says_where(tmp_path):
+    data = tmp_path / "data"
+    proc = subprocess.run(
+        [*WB, "demo", "--smoke", "--only", "00-tour", "--data", str(data)], capture_output=True, text=True, check=True
+    )
+    index = proc.stdout.strip().removeprefix("report: ")
+    page = open(index).read()
+    assert "00-tour.ipynb: ok" in page and 'href="00-tour.html"' in page
+    assert RecordStore(data).runs(kind="demo")[0].status == "ok"
