@@ -324,6 +324,13 @@ class QemuVM:
                     time.sleep(0.05)
         return self._qmp
 
+    def release_qmp(self) -> None:
+        """Closes this object's QMP connection (the next :meth:`qmp` reconnects). QEMU serves one QMP client at a
+        time: another client, such as drgn's ``set_qemu_qmp``, can only connect after this."""
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+
     def dump_guest_memory(self, path: Path, fmt: str = "elf") -> Path:
         """Writes a vmcore of the guest (QMP ``dump-guest-memory``); ``fmt`` is ``elf`` or ``kdump-zlib``."""
         args = {"paging": False, "protocol": f"file:{path}"}

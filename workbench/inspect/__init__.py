@@ -1,0 +1,70 @@
+"""Inspect KHO/LUO state with drgn: in a running kernel, a running lab VM, or a crash dump.
+
+* :mod:`~workbench.inspect.program` — open a kernel (:func:`open_live`, :func:`open_vm`, :func:`open_vmcore`) with
+  checked debug info; the exceptions are in :mod:`~workbench.inspect.errors`
+* :mod:`~workbench.inspect.kho` — ``kho_out``/``kho_in``: FDT, sub-nodes, preserved-memory radix tree, scratch,
+  kexec metadata, a physical memory map
+* :mod:`~workbench.inspect.luo` — LUO state, sessions, files, file handlers, FLBs
+* :mod:`~workbench.inspect.memfd` — preserved memfds: inode, size, seals, folios
+* :mod:`~workbench.inspect.plots` — the memory map and a sessions → files → folios sunburst
+
+The helpers follow drgn's conventions: they take a ``drgn.Program`` or ``drgn.Object``, name the C type of each
+argument in their docstrings, iterate with ``for_each_*``, and check structure members rather than versions.
+"""
+
+from workbench.inspect.errors import (
+    DebugInfoNotFound,
+    InspectError,
+    LiveKernelUnavailable,
+    MissingKernelSupport,
+    NotRoot,
+    QmpBusy,
+    TruncatedDump,
+    UnreadableDump,
+    UnsupportedLayout,
+    VmlinuxMismatch,
+    VmUnreachable,
+)
+from workbench.inspect.kho import kho_facts, kho_summary, memory_map, preserved_folios, scratch_areas
+from workbench.inspect.luo import luo_facts, luo_files, luo_sessions, luo_summary
+from workbench.inspect.memfd import preserved_memfd_folios, preserved_memfds
+from workbench.inspect.program import (
+    check_live_update_support,
+    open_live,
+    open_vm,
+    open_vmcore,
+    program_info,
+)
+from workbench.inspect.snapshot import Snapshot, snapshot
+
+__all__ = [
+    "InspectError",
+    "DebugInfoNotFound",
+    "VmlinuxMismatch",
+    "MissingKernelSupport",
+    "NotRoot",
+    "LiveKernelUnavailable",
+    "TruncatedDump",
+    "UnreadableDump",
+    "VmUnreachable",
+    "QmpBusy",
+    "UnsupportedLayout",
+    "open_live",
+    "open_vm",
+    "open_vmcore",
+    "program_info",
+    "check_live_update_support",
+    "kho_facts",
+    "kho_summary",
+    "memory_map",
+    "preserved_folios",
+    "scratch_areas",
+    "luo_facts",
+    "luo_summary",
+    "luo_sessions",
+    "luo_files",
+    "preserved_memfds",
+    "preserved_memfd_folios",
+    "Snapshot",
+    "snapshot",
+]
