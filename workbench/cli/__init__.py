@@ -25,6 +25,7 @@ def _add_optional_commands() -> None:
         ("workbench.cli.cycle", "cycle"),
         ("workbench.cli.bench", "bench"),
         ("workbench.cli.inspect", "inspect"),
+        ("workbench.cli.abi", "abi"),
         ("workbench.cli.notebooks", "run_notebook"),
         ("workbench.cli.notebooks", "demo"),
     ):

@@ -1,0 +1,148 @@
+"""``workbench abi``: the KHO/LUO handover decoded from raw guest physical memory, with no debug information."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from workbench.cli.common import SIZE, json_option
+
+
+def _address(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an address (use 0x... or a decimal number)") from None
+
+
+class _AddressType(click.ParamType):
+    name = "ADDR"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return _address(value)
+        except click.BadParameter as exc:
+            self.fail(str(exc.message), param, ctx)
+
+
+ADDRESS = _AddressType()
+
+
+@click.group("abi")
+def abi() -> None:
+    """The Linux 7.2 handover ABI (KHO FDT, preserved-memory radix tree, LUO, memfd) read from raw memory."""
+
+
+@abi.command("decode")
+@click.option("--ram", type=click.Path(exists=True, dir_okay=False), help="A QEMU RAM file (q35 layout) or a copy.")
+@click.option("--ram-size", type=SIZE, help="Guest RAM size for --ram (default: the file's size).")
+@click.option("--vmcore", type=click.Path(exists=True, dir_okay=False), help="An ELF vmcore (dump-guest-memory).")
+@click.option("--fdt-phys", type=ADDRESS, help="Physical address of the KHO FDT (default: search memory for it).")
+@click.option(
+    "--fdt",
+    "fdt_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Start from this FDT blob (debugfs kho/in/fdt or kho/out/fdt) instead of searching memory.",
+)
+@click.option("--no-memory-map", is_flag=True, help="Do not walk the preserved-memory radix tree.")
+@click.option("--lenient", is_flag=True, help="Decode what can be decoded and list the errors (default: stop).")
+@click.option(
+    "--check-encoders", is_flag=True, help="Re-encode everything and compare with the bytes in memory (page by page)."
+)
+@json_option
+def decode(ram, ram_size, vmcore, fdt_phys, fdt_file, no_memory_map, lenient, check_encoders, as_json) -> None:
+    """Decodes the handover in a memory image: KHO FDT, preserved folios, LUO sessions and files, memfds.
+
+    A dump taken before the kexec reboot has no sessions yet (LUO serializes them in the reboot path); one taken
+    at machine_kexec (workbench.abi.capture) has everything.
+    """
+    from workbench.abi import AbiError, AmbiguousHandover, ElfVmcore, RawRamFile, decode_fdt_blob, decode_handover
+    from workbench.cli.output import emit_frame, emit_json, fail
+
+    if (ram is None) == (vmcore is None):
+        fail("give exactly one of --ram and --vmcore", 2)
+    try:
+        mem = RawRamFile(ram, ram_size=ram_size) if ram else ElfVmcore(vmcore)
+    except (AbiError, OSError, ValueError) as exc:
+        fail(f"cannot read {ram or vmcore}: {exc}")
+    with mem:
+        try:
+            if fdt_file:
+                blob = Path(fdt_file).read_bytes()
+                handover = decode_fdt_blob(blob, mem, fdt_phys, memory_map=not no_memory_map, strict=not lenient)
+            else:
+                handover = decode_handover(mem, fdt_phys, memory_map=not no_memory_map, strict=not lenient)
+        except AmbiguousHandover as exc:
+            fail(f"{exc} with --fdt-phys")
+        except AbiError as exc:
+            fail(f"the handover cannot be decoded: {exc}")
+        report = _report(handover)
+        encoders = None
+        if check_encoders:
+            from workbench.abi.capture import compare_with_encoders
+
+            try:
+                encoders = compare_with_encoders(handover, mem)
+            except (AbiError, ValueError) as exc:
+                fail(f"cannot compare with the encoders: {exc}")
+    if as_json:
+        out = {k: (v.to_dict(orient="records") if hasattr(v, "to_dict") else v) for k, v in report.items()}
+        if encoders is not None:
+            out["encoders"] = encoders.to_dict(orient="records")
+            out["encoders_identical"] = bool((encoders["differing_bytes"] == 0).all())
+        emit_json(out)
+        return
+    for key, value in report["summary"].items():
+        click.echo(f"{key}: {_hex(key, value)}")
+    for title in ("files", "memfds", "preserved_by_order", "unpreserved_references"):
+        click.echo(f"\n{title.replace('_', ' ')}:")
+        emit_frame(report[title])
+    if encoders is not None:
+        click.echo("\nencoders (after translating the addresses of metadata pages):")
+        emit_frame(encoders)
+        same = int((encoders["differing_bytes"] == 0).sum())
+        click.echo(f"{same} of {len(encoders)} page(s) reproduced byte for byte")
+
+
+def _hex(key: str, value):
+    if isinstance(value, int) and (key.endswith("_phys") or key == "fdt_phys"):
+        return f"{value:#x}"
+    return value
+
+
+def _report(handover) -> dict:
+    import pandas as pd
+
+    memfds = pd.DataFrame(
+        [
+            {
+                "session": session,
+                "token": token,
+                "phys": m.phys,
+                "size": m.size,
+                "pos": m.ser.pos,
+                "seals": m.ser.seals,
+                "folios": m.ser.nr_folios,
+                "array_pages": m.ser.folios.total_pages,
+                "first_pfn": int(m.folios["pfn"].iat[0]) if len(m.folios) else None,
+            }
+            for (session, token), m in handover.memfds.items()
+        ],
+        columns=["session", "token", "phys", "size", "pos", "seals", "folios", "array_pages", "first_pfn"],
+    )
+    preserved = handover.preserved()
+    by_order = (
+        preserved.groupby("order").size().rename("folios").reset_index()
+        if len(preserved)
+        else pd.DataFrame(columns=["order", "folios"])
+    )
+    return {
+        "summary": handover.summary(),
+        "files": handover.files(),
+        "memfds": memfds,
+        "preserved_by_order": by_order,
+        "unpreserved_references": handover.unpreserved_references(),
+    }
