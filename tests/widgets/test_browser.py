@@ -67,6 +67,7 @@ def jupyterlab(tmp_path, lab_kernel):
             "--allow-root",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.expose_app_in_browser=True",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -102,15 +103,29 @@ def test_cycle_notebook_in_jupyterlab_click_run(jupyterlab, tmp_path):
         page.goto(f"{base}/lab/tree/cycle.ipynb?token={token}")
         page.wait_for_selector(".jp-Notebook", timeout=120_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        page.click("text=Run >> nth=0")  # the Run menu of the menu bar
-        page.click("text=Run All Cells")
-        run_button = page.locator(".widget-button:has-text('Run'), .jupyter-button:has-text('Run')").first
-        run_button.wait_for(timeout=300_000)
+        try:
+            page.wait_for_function(
+                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                " && window.jupyterapp.shell.currentWidget.sessionContext"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.connectionStatus"
+                " === 'connected'",
+                timeout=180_000,
+            )
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            run_button = page.locator("button.jupyter-button", has_text="Run").first
+            run_button.wait_for(timeout=600_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "before-run.png"), full_page=True)
+            raise
         run_button.click()
-        page.wait_for_selector("text=verified", timeout=1_800_000)
-        assert page.locator("text=NOT verified").count() == 0
-        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
-        page.screenshot(path=str(tmp_path / "cycle-panel.png"), full_page=True)
+        try:
+            outcome = page.wait_for_selector(".wb-outcome b", timeout=1_800_000)
+            assert outcome.inner_text() == "verified", page.inner_text(".wb-outcome")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+        finally:
+            page.screenshot(path=str(tmp_path / "cycle-panel.png"), full_page=True)
         body = page.inner_text("body")
         assert "blackout" in body and "record" in body
         browser.close()

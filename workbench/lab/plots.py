@@ -61,6 +61,7 @@ def cycle_timeline(result: dict[str, Any], title: str | None = None) -> go.Figur
         xaxis_title="seconds (guest clock per phase; kexec on the host clock)",
         title=title or f"Cycle {result.get('record_id', '')}: {verdict}, {result.get('pages_checked', 0)} pages",
         legend_orientation="h",
+        legend_traceorder="normal",
         legend_y=-0.4,
         yaxis_visible=False,
     )

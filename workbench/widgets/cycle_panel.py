@@ -8,14 +8,26 @@ from typing import Any
 
 import ipywidgets as w
 
+import workbench.plotting
 from workbench.cli.common import parse_size
 from workbench.lab.cycle import PHASES, CycleParams
 from workbench.records import RecordStore
 from workbench.widgets.controller import CycleController
 
-__all__ = ["CyclePanel"]
+__all__ = ["CyclePanel", "figure_bundle"]
 
 _STATUS_STYLE = {"pending": "", "running": "info", "done": "success", "failed": "danger"}
+
+
+def figure_bundle(fig) -> dict[str, Any]:
+    """A plotly figure as a display MIME bundle that JupyterLab renders live and HTML exports keep."""
+    import plotly.io as pio
+
+    data = fig.to_dict()
+    bundle: dict[str, Any] = {}
+    for name in workbench.plotting.RENDERER.split("+"):
+        bundle.update(pio.renderers[name].to_mimebundle(data))
+    return bundle
 
 
 class CyclePanel(w.VBox):
@@ -112,14 +124,14 @@ class CyclePanel(w.VBox):
         record = html.escape(controller.record_id or "")
         if result is None:
             self.outcome.value = (
-                f"<div style='color:#b00'><b>{html.escape(controller.state)}</b>: "
+                f"<div class='wb-outcome' style='color:#b00'><b>{html.escape(controller.state)}</b>: "
                 f"{html.escape(controller.error or '')}<br>record <code>{record}</code></div>"
             )
             return
         ok = result["verified"]
         color = "#070" if ok else "#b00"
         self.outcome.value = (
-            f"<div style='color:{color}'><b>{'verified' if ok else 'NOT verified'}</b>: "
+            f"<div class='wb-outcome' style='color:{color}'><b>{'verified' if ok else 'NOT verified'}</b>: "
             f"{result['pages_checked']} pages, session <code>{html.escape(result['session'])}</code>, "
             f"blackout {result['blackout_s']:.3f} s, {html.escape(str(result['kernel_release_before']))} → "
             f"{html.escape(str(result['kernel_release_after']))}; record <code>{record}</code> "
@@ -127,6 +139,8 @@ class CyclePanel(w.VBox):
         )
         from workbench.lab.plots import cycle_timeline
 
-        self.figure.clear_output()
-        with self.figure:
-            cycle_timeline(result).show()
+        # Called from the worker thread, where IPython's display machinery does not apply: the Output widget gets
+        # the figure's MIME bundle directly (plotly's JupyterLab mimetype, plus HTML for static exports).
+        self.figure.outputs = (
+            {"output_type": "display_data", "data": figure_bundle(cycle_timeline(result)), "metadata": {}},
+        )
