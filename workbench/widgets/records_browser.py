@@ -17,15 +17,14 @@ class RecordsBrowser(w.VBox):
         self.controller = RecordsController(store)
         self.kind = w.Dropdown(options=[""] + self.controller.kinds(), description="kind")
         self.status = w.Dropdown(options=["", "ok", "failed", "interrupted", "running"], description="status")
-        self.param = w.Text(placeholder="key=value", description="parameter")
+        self.param = w.Text(placeholder="key=value", description="parameter", continuous_update=False)
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.runs = w.SelectMultiple(options=[], rows=10, layout=w.Layout(width="100%"), description="runs")
         self.table = w.Dropdown(options=[], description="table")
         self.compare_button = w.Button(description="Compare", button_style="primary")
         self.out = w.Output()
-        for widget in (self.kind, self.status):
+        for widget in (self.kind, self.status, self.param):
             widget.observe(lambda _: self.refresh(), names="value")
-        self.param.on_submit(lambda _: self.refresh())
         self.refresh_button.on_click(lambda _: self.refresh())
         self.runs.observe(lambda _: self._tables(), names="value")
         self.compare_button.on_click(lambda _: self.compare())
