@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_run_notebook_records_and_exports(tmp_path):
     record = RecordStore(data).get(result["record_id"])
     assert record.kind == "notebook" and record.status == "ok"
     assert record.params == {"notebook": "00-tour.ipynb", "HASH_SIZE": "8M"}
-    assert "Plotly.newPlot" in open(result["html"]).read()
+    assert "Plotly.newPlot" in Path(result["html"]).read_text()
     # the notebook's own benchmark went to the same record store
     assert RecordStore(data).runs(kind="bench.hash")[0].params["size"] == 8 << 20
 
@@ -43,6 +44,6 @@ def test_demo_writes_an_index_and_says_where(tmp_path):
         [*WB, "demo", "--smoke", "--only", "00-tour", "--data", str(data)], capture_output=True, text=True, check=True
     )
     index = proc.stdout.strip().removeprefix("report: ")
-    page = open(index).read()
+    page = Path(index).read_text()
     assert "00-tour.ipynb: ok" in page and 'href="00-tour.html"' in page
     assert RecordStore(data).runs(kind="demo")[0].status == "ok"
