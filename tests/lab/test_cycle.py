@@ -99,9 +99,10 @@ def test_target_that_never_comes_back_times_out_and_is_recorded(lab_kernel, stor
     record = store.get(info.value.record_id)
     assert record.status == "failed" and "did not come back" in record.error
     assert "WB-MARK hang" in info.value.serial_log.read_text()
-    assert _no_stray_qemu()
+    assert _no_qemu_of(record.id)
 
 
-def _no_stray_qemu() -> bool:
-    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64.*wbresults"], capture_output=True, text=True).stdout
+def _no_qemu_of(record_id: str) -> bool:
+    """No QEMU process is left whose results share is this run's folder."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-system-x86_64.*{record_id}"], capture_output=True, text=True).stdout
     return out.strip() == ""
