@@ -53,8 +53,21 @@ fi
 fail() { echo "WB-MARK init-error $*"; sleep 1; poweroff -f; }
 p9="trans=virtio,version=9p2000.L,msize=524288"
 mount -t 9p -o "$p9,ro,cache=loose" hostroot /newroot || fail "cannot mount the host root over 9p"
+# The guest writes to tmpfs on /tmp, /run and /var/tmp; a checkout or Python that lives under the host's /tmp
+# (a CI clone, say) stays visible by bind-mounting it back from the read-only host root.
+mkdir -p /hosttmp
+mount --bind /newroot/tmp /hosttmp
 for d in tmp run var/tmp; do
   [ -d /newroot/$d ] && mount -t tmpfs -o mode=1777 tmpfs /newroot/$d
+done
+for p in "$repo" "$python"; do
+  case "$p" in
+    /tmp/?*)
+      top=${p#/tmp/}; top=${top%%/*}
+      if [ -e "/hosttmp/$top" ] && [ ! -e "/newroot/tmp/$top" ]; then
+        mkdir -p "/newroot/tmp/$top" && mount --bind "/hosttmp/$top" "/newroot/tmp/$top"
+      fi ;;
+  esac
 done
 mount --bind /dev /newroot/dev
 mount -t devpts devpts /newroot/dev/pts 2>/dev/null
