@@ -32,6 +32,8 @@ import numpy as np
 from workbench.lab.liveupdate import LiveUpdate, kexec_file_load, power_off, reboot_kexec
 
 KEXEC_FILE_UNLOAD = 0x1
+#: what request.json may ask for; 2 added dry_run, confirm_kexec and next_phase (the SSH target needs 2)
+PROTOCOL = 2
 
 __all__ = ["fill_pattern", "fingerprint", "page_frames", "main"]
 
@@ -295,6 +297,8 @@ class Agent:
             mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             for fd, size in zip(fds, sizes, strict=True)
         ]
+        for m in maps:  # fault every page in: pagemap shows only mapped pages, and a fresh mapping has none
+            np.frombuffer(m, dtype=np.uint8)[::PAGE].sum()
         np.save(
             self.results / "frames-after.npy",
             np.stack([page_frames(m) for m in maps]) if maps else np.zeros((0, 0), dtype=np.uint64),
@@ -351,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--phase", choices=["prepare", "restore"], required=True)
     args = parser.parse_args(argv)
+    if json.loads((args.results / "request.json").read_text()).get("workload", "memfd") == "criu":
+        from workbench.lab.criu_agent import main as criu_main  # a whole process kept alive with CRIU
+
+        return criu_main(args.results, args.phase)
     agent = Agent(args.results, args.phase)
     if args.phase == "prepare":
         mark("agent-start", {"phase": "prepare"})

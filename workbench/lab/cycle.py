@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from workbench.environment import REPO_ROOT
+from workbench.lab import criu as lab_criu
 from workbench.lab.accel import AccelChoice, choose_accelerator
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, parse_config, require_live_update
@@ -34,6 +35,7 @@ __all__ = ["CycleParams", "CycleFailed", "CycleCancelled", "CycleEvent", "run_cy
 PAUSE_POINTS = ("prepare", "preserve", "restore")
 PHASES = ("boot", "prepare", "preserve", "load", "kexec", "restore", "verify", "finish")
 MARK = "WB-MARK "
+_WAITING = {"load": "loading the next kernel", "restore": "retrieving the session", "verify": "verifying"}
 
 
 @dataclass
@@ -60,6 +62,15 @@ class CycleParams:
     qemu_args: list[str] = field(default_factory=list)
     timeout_s: float | None = None
     return_timeout_s: float | None = None
+    # workload "criu": a process kept alive with CRIU (workbench.lab.criu); the memfd fields above do not apply
+    workload: str = "memfd"
+    anon_size: int = 64 << 20
+    memfd_region: int = 0
+    region_kind: str = "tmpfile"
+    images: str = "direct"
+    criu: str = "/usr/sbin/criu"
+    criu_kdat: str = "probe"
+    lazy_pages: bool = False
 
     def resolved_tokens(self) -> list[int]:
         return list(self.tokens) if self.tokens is not None else [1000 + i for i in range(self.memfds)]
@@ -67,11 +78,17 @@ class CycleParams:
     def resolved_memory_mb(self) -> int:
         if self.memory_mb:
             return self.memory_mb
+        if self.workload == "criu":
+            return lab_criu.criu_memory_mb(self)
         total_mb = self.memfds * self.memfd_size / (1 << 20)
         return int(max(1024, math.ceil((640 + 2 * total_mb) / 256) * 256))
 
     def validate(self) -> None:
         check_session_name(self.session)
+        if self.workload not in ("memfd", "criu"):
+            raise ValueError(f"the workload is memfd or criu, not {self.workload!r}")
+        if self.workload == "criu":
+            lab_criu.validate_criu(self)
         if self.memfds < 0:
             raise ValueError("the number of memfds cannot be negative")
         if self.memfd_size <= 0 or self.memfd_size % 4096:
@@ -172,6 +189,7 @@ class MarkRunner:
     ``source`` and implement ``execute()``."""
 
     log_name = "serial log"
+    kexec_ends_at_agent = True  # the kexec phase ends at the agent's first line in the next kernel
 
     def __init__(
         self,
@@ -225,7 +243,7 @@ class MarkRunner:
             self.emit(kind="phase", name=data["phase"], status="end", seconds=data.get("s"), host_time=line.host_time)
         elif event == "kexec":
             self.emit(kind="phase", name="kexec", status="begin", host_time=line.host_time)
-        elif event == "agent-start" and data.get("phase") == "restore":
+        elif event == "agent-start" and data.get("phase") == "restore" and self.kexec_ends_at_agent:
             self.emit(kind="phase", name="kexec", status="end", host_time=line.host_time)
 
     # -- waiting ---------------------------------------------------------------------------------------------
@@ -344,6 +362,8 @@ class _CycleRunner(MarkRunner):
         )
         tcg = accel.accel == "tcg"
         total_gib = p.memfds * p.memfd_size / (1 << 30)
+        if p.workload == "criu":
+            total_gib = 3 * (p.anon_size + p.memfd_region) / (1 << 30)
         boot_timeout = 240 if tcg else 90
         work_timeout = (120 + 240 * total_gib) * (1 if tcg else 0.25)
         if p.timeout_s:
@@ -359,8 +379,12 @@ class _CycleRunner(MarkRunner):
             "pause_after": sorted(set(p.pause_after) | set(p.dump_after)),
             "faults": p.faults,
         }
+        if p.workload == "criu":
+            request.update(lab_criu.criu_request(p))
         (self.results / "request.json").write_text(json.dumps(request, indent=1))
         args = ["console=ttyS0", "panic=-1", "loglevel=6", "wb.phase=prepare"]
+        if tcg:
+            args.append("no_timer_check")  # under a loaded TCG host the IO-APIC timer check can fail spuriously
         if p.live_update:
             args += ["kho=on", "liveupdate=on"]
         if p.kho_scratch:
@@ -368,6 +392,8 @@ class _CycleRunner(MarkRunner):
         args += [f"wb.python={sys.executable}", f"wb.repo={REPO_ROOT}"]
         if p.kernel_args:
             args += p.kernel_args.split()
+        if p.workload == "criu" and "vdso=" not in p.kernel_args:
+            args += lab_criu.CRIU_KERNEL_ARGS.split()
         guest_cache = cache_root() / "guest-cache"
         (guest_cache / "numba").mkdir(parents=True, exist_ok=True)
         config = VMConfig(
@@ -394,13 +420,11 @@ class _CycleRunner(MarkRunner):
             _, _, t_agent = self.wait_mark(("agent-start",), boot_timeout, "waiting for the agent to start")
             self.emit(kind="phase", name="boot", status="end", seconds=t_agent - t_boot, host_time=t_agent)
             self.emit(kind="state", name="running")
-            for phase in ("prepare", "preserve"):
+            for phase in ("prepare", "preserve", "load") if p.workload != "criu" else lab_criu.PHASES_BEFORE:
                 self.phase = phase
-                self.wait_mark(("phase-end",), work_timeout, f"in phase {phase}")
+                self.wait_mark(("phase-end",), work_timeout, _WAITING.get(phase, f"in phase {phase}"))
                 if phase in request["pause_after"]:
                     self.paused(phase, work_timeout)
-            self.phase = "load"
-            self.wait_mark(("phase-end",), work_timeout, "loading the next kernel")
             self.phase = "kexec"
             _, _, t_kexec = self.wait_mark(("kexec",), work_timeout, "waiting for the kexec")
             back_timeout = p.return_timeout_s or boot_timeout
@@ -410,12 +434,11 @@ class _CycleRunner(MarkRunner):
             _, _, t_back = self.wait_mark(
                 ("agent-start",), back_timeout, "waiting for the agent in the next kernel (it did not come back)"
             )
-            self.phase = "restore"
-            self.wait_mark(("phase-end",), work_timeout, "retrieving the session")
-            if "restore" in request["pause_after"]:
-                self.paused("restore", work_timeout)
-            self.phase = "verify"
-            self.wait_mark(("phase-end",), work_timeout, "verifying")
+            for phase in ("restore", "verify") if p.workload != "criu" else lab_criu.PHASES_AFTER:
+                self.phase = phase
+                self.wait_mark(("phase-end",), work_timeout, _WAITING.get(phase, f"in phase {phase}"))
+                if phase in request["pause_after"]:
+                    self.paused(phase, work_timeout)
             self.phase = "finish"
             self.wait_mark(("done",), work_timeout, "finishing the session")
             self.vm.wait_exit(30)
@@ -451,6 +474,8 @@ class _CycleRunner(MarkRunner):
                 "run_dir": str(self.workdir),
             }
         )
+        if self.p.workload == "criu":
+            result = lab_criu.collect_criu(result, self.marks, prepare, restore)
         if self.vmcores:
             result["vmcores"] = self.vmcores
             result["vmcore"] = next(iter(self.vmcores.values())) if len(self.vmcores) == 1 else self.vmcores
