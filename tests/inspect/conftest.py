@@ -140,12 +140,23 @@ def inspection(lab_kernel, tmp_path_factory) -> Inspection:
         pause_after=["prepare", "preserve", "restore"],
         dump_after=["preserve"],
     )
-    out.result = run_cycle(
-        params,
-        kernel=lab_kernel,
-        store=RecordStore(root / "data"),
-        on_pause=lambda phase, vm: _collect(phase, vm, lab_kernel, out, root / "cli-data"),
-    )
+    from workbench.lab.cycle import CycleFailed
+
+    for attempt in (1, 2):
+        try:
+            out.result = run_cycle(
+                params,
+                kernel=lab_kernel,
+                store=RecordStore(root / "data"),
+                on_pause=lambda phase, vm, out=out: _collect(phase, vm, lab_kernel, out, root / "cli-data"),
+            )
+            break
+        except CycleFailed as exc:
+            # QEMU itself dying by a signal (seen once under TCG on a loaded host: exit -11 during the kexec) is
+            # not the kernel under test failing: one retry, and only for that.
+            if attempt == 2 or "QEMU exit -" not in str(exc):
+                raise
+            out = Inspection()
     out.run_dir = Path(out.result["run_dir"])
     out.cli_data = root / "cli-data"
     return out
