@@ -25,6 +25,8 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,25 +136,18 @@ class Agent:
     def save(self) -> None:
         write_json(self.state_path, self.state)
 
-    def phase(self, name: str):
-        agent = self
-
-        class _Phase:
-            def __enter__(self):
-                mark("phase-begin", {"phase": name})
-                self.t0 = time.monotonic()
-                agent.state["current_phase"] = name
-                return self
-
-            def __exit__(self, exc_type, exc, tb):
-                seconds = time.monotonic() - self.t0
-                if exc is None:
-                    agent.state["phases"][name] = seconds
-                    mark("phase-end", {"phase": name, "s": round(seconds, 6)})
-                    agent.save()
-                return False
-
-        return _Phase()
+    @contextmanager
+    def phase(self, name: str, save: bool = True) -> Iterator[None]:
+        """Times a phase on the target's clock and marks its begin and end; ``save`` writes the state file after."""
+        mark("phase-begin", {"phase": name})
+        t0 = time.monotonic()
+        self.state["current_phase"] = name
+        yield
+        seconds = time.monotonic() - t0
+        self.state["phases"][name] = seconds
+        mark("phase-end", {"phase": name, "s": round(seconds, 6)})
+        if save:
+            self.save()
 
     def timed_setup(self, name: str, work) -> None:
         """Set-up outside the phases (importing and compiling the hash kernel), timed and reported separately."""

@@ -371,23 +371,7 @@ class CriuAgent(Agent):
 
     def quick_phase(self, name: str):
         """A phase inside the process's downtime: marks only, the state file is written later."""
-        agent = self
-
-        class _Phase:
-            def __enter__(self):
-                mark("phase-begin", {"phase": name})
-                self.t0 = time.monotonic()
-                agent.state["current_phase"] = name
-                return self
-
-            def __exit__(self, exc_type, exc, tb):
-                seconds = time.monotonic() - self.t0
-                if exc is None:
-                    agent.state["phases"][name] = seconds
-                    mark("phase-end", {"phase": name, "s": round(seconds, 6)})
-                return False
-
-        return _Phase()
+        return self.phase(name, save=False)
 
     # -- before the kexec ------------------------------------------------------------------------------------
     def prepare_and_kexec(self) -> None:
