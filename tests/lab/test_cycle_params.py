@@ -61,3 +61,19 @@ def test_page_frames_of_a_populated_mapping():
     assert frames.shape == (4,)
     if os.geteuid() == 0:
         assert (frames > 0).all()
+
+
+def test_tcg_runs_all_vcpus_on_one_host_thread_unless_asked():
+    from pathlib import Path
+
+    from workbench.lab.qemu import VMConfig
+
+    base = {"kernel": Path("bzImage"), "initrd": Path("initrd"), "cmdline": ""}
+    argv = VMConfig(**base).argv(Path("serial"), Path("qmp"))
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    multi = VMConfig(**base, tcg_threads="multi").argv(Path("serial"), Path("qmp"))
+    assert multi[multi.index("-accel") + 1] == "tcg,thread=multi"
+    kvm = VMConfig(**base, accel="kvm").argv(Path("serial"), Path("qmp"))
+    assert kvm[kvm.index("-accel") + 1] == "kvm"
+    with pytest.raises(ValueError, match="single or multi"):
+        CycleParams(tcg_threads="many").validate()

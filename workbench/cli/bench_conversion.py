@@ -9,7 +9,7 @@ import click
 
 from workbench.cli.common import SIZE, data_option, json_option, output_option, run_recorded
 
-__all__ = ["conversion_cmd", "summarize"]
+__all__ = ["conversion_cmd", "summarize", "summarize_vm"]
 
 _STRATEGY_FIELDS = (
     "bytes_per_s",
@@ -97,12 +97,23 @@ def summarize(frame, limits: dict[str, float], params: dict[str, Any]) -> dict[s
 @click.option(
     "--pipe-size", "pipe_sizes", type=SIZE, multiple=True, help="Pipe buffer for vmsplice; repeat (default 64K, 1M)."
 )
+@click.option(
+    "--target",
+    type=click.Choice(["host", "vm"]),
+    default="host",
+    show_default=True,
+    help="host: this machine; vm: inside the lab VM, each conversion then preserved by LUO, kexec'd, restored "
+    "and verified (one cycle per size and thread count, one memfd per strategy).",
+)
 @json_option
 @data_option
 @output_option
-def conversion_cmd(sizes, thread_counts, strategies, repeats, pipe_sizes, as_json, data_dir, output) -> None:
+def conversion_cmd(sizes, thread_counts, strategies, repeats, pipe_sizes, target, as_json, data_dir, output) -> None:
     """Anonymous memory into memfds (copies, write, vmsplice+splice, process_vm_readv, huge pages), each
     verified page by page, against the machine's memcpy bandwidth and page allocation rate."""
+    if target == "vm":
+        _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output)
+        return
     from workbench.kernels.conversion import (
         DEFAULT_PIPE_SIZES,
         STRATEGIES,
@@ -142,4 +153,88 @@ def conversion_cmd(sizes, thread_counts, strategies, repeats, pipe_sizes, as_jso
         emit_frame(pd.DataFrame(summary["rows"])[_TABLE_COLUMNS])
     if not summary["all_verified"]:
         click.echo("workbench: some conversions did not verify: see the rows with verified false", err=True)
+        raise SystemExit(1)
+
+
+_VM_COLUMNS = [
+    "strategy",
+    "copier",
+    "size",
+    "threads",
+    "convert_s",
+    "bytes_per_s",
+    "ratio_to_memcpy",
+    "preserve_s",
+    "blackout_s",
+    "retrieve_s",
+    "verify_s",
+    "end_to_end_s",
+    "verified",
+]
+
+
+def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary of :func:`~workbench.lab.guest_conversion.bench_in_vm`: per strategy (largest size, its
+    fastest thread count) the conversion rate, ``ratio_to_memcpy`` against the guest's memcpy measured in the same
+    boot, and the end-to-end time to a verified memfd after the kexec; the guest's limits; every row."""
+    strategies: dict[str, Any] = {}
+    for name, rows in frame.groupby("strategy", sort=False):
+        largest = rows[rows["size"] == rows["size"].max()]
+        best = largest.loc[largest["bytes_per_s"].idxmax()]
+        strategies[name] = {key: _plain(best[key]) for key in _VM_COLUMNS if key != "strategy"}
+        strategies[name]["verified"] = bool(rows["verified"].all())
+    limits = cycles[-1].get("target_limits", {}) if cycles else {}
+    return {
+        **params,
+        "target": "vm",
+        "accelerator": cycles[-1].get("accelerator") if cycles else None,
+        **{f"guest_{key}": _plain(value) for key, value in limits.items()},
+        "memcpy_bytes_per_s": _plain(limits.get("memcpy_bytes_per_s")),
+        "anon_to_survived_s": [c.get("anon_to_survived_s") for c in cycles],
+        "cycle_records": [c.get("record_id") for c in cycles],
+        "all_verified": bool(len(frame)) and bool(frame["verified"].all()) and all(c["verified"] for c in cycles),
+        "unavailable": {},
+        "strategies": strategies,
+        "rows": [{key: _plain(value) for key, value in row.items()} for row in frame.to_dict("records")],
+    }
+
+
+def _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output) -> None:
+    from workbench.kernels.conversion import STRATEGIES
+    from workbench.lab.guest_conversion import VM_SKIPPED, bench_in_vm
+    from workbench.records import open_store
+
+    chosen = list(strategies or [name for name in STRATEGIES if name not in VM_SKIPPED])
+    unknown = [name for name in chosen if name not in STRATEGIES]
+    if unknown:
+        raise click.UsageError(f"unknown strategy {unknown[0]!r}: choose from {', '.join(STRATEGIES)}")
+    params = {
+        "target": "vm",
+        "sizes": list(sizes or (64 << 20,)),
+        "threads": list(thread_counts or (1,)),
+        "strategies": chosen,
+        "skipped": {name: why for name, why in VM_SKIPPED.items() if name not in chosen},
+    }
+
+    def progress(event) -> None:
+        if not as_json and event.kind == "phase" and event.status == "end":
+            click.echo(f"  {event.name} done", err=True)
+
+    def body(run) -> dict[str, Any]:
+        frame, cycles = bench_in_vm(
+            params["sizes"], params["threads"], chosen, store=open_store(data_dir), on_event=progress
+        )
+        summary = summarize_vm(frame, cycles, params)
+        summary["tables"] = {"conversion_vm": frame}
+        return summary
+
+    summary = run_recorded("bench.conversion", params, body, data_dir=data_dir, output=output, as_json=as_json)
+    if not as_json:
+        import pandas as pd
+
+        from workbench.cli.output import emit_frame
+
+        emit_frame(pd.DataFrame(summary["rows"])[_VM_COLUMNS])
+    if not summary["all_verified"]:
+        click.echo("workbench: some conversions did not survive the kexec intact: see verified false", err=True)
         raise SystemExit(1)

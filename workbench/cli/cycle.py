@@ -71,6 +71,15 @@ from workbench.cli.output import emit_json, fail
     help="criu: CRIU probes the next kernel, or gets its probe cache through LUO (same kernel only).",
 )
 @click.option("--lazy-pages", is_flag=True, help="criu: restore with criu lazy-pages (memory follows the resume).")
+@click.option(
+    "--convert",
+    "convert",
+    help="Fill the memfds from anonymous memory in the target with these conversion strategies (STRATEGY or "
+    "one per memfd, comma-separated; see workbench bench conversion), then preserve them.",
+)
+@click.option("--convert-copier", default="", help="convert: copy loop of the copy strategies (numpy, numba).")
+@click.option("--convert-threads", type=click.IntRange(1), default=1, show_default=True, help="convert: threads.")
+@click.option("--pipe-size", type=SIZE, default="0", help="convert: pipe buffer size of the vmsplice strategies.")
 @click.option("--timeout", "timeout_s", type=float, help="Seconds to wait for any one step (default: by size).")
 @click.option(
     "--return-timeout", "return_timeout_s", type=float, help="Seconds to wait for the target after the kexec."
@@ -113,6 +122,10 @@ def cycle(
     criu_path,
     criu_kdat,
     lazy_pages,
+    convert,
+    convert_copier,
+    convert_threads,
+    pipe_size,
     timeout_s,
     return_timeout_s,
     inventory,
@@ -163,6 +176,10 @@ def cycle(
         criu=criu_path,
         criu_kdat=criu_kdat,
         lazy_pages=lazy_pages,
+        convert=[s.strip() for s in convert.split(",")] if convert else [],
+        convert_copier=convert_copier,
+        convert_threads=convert_threads,
+        pipe_size=pipe_size,
     )
     if workload == "criu" and target != "qemu":
         fail("--workload criu runs on the qemu target only", 2)
@@ -223,6 +240,13 @@ def cycle(
         for name, secs in result["phases"].items():
             click.echo(f"  {name:>9}: {secs:.3f} s")
         click.echo(f"  blackout: {result['blackout_s']:.3f} s (host clock); record {result['record_id']}")
+        for row in result.get("conversions", []):
+            click.echo(
+                f"  memfd {row['memfd']} {row['strategy']}/{row['copier']}: converted in {row['convert_s']:.3f} s, "
+                f"end to end {row['end_to_end_s']:.3f} s"
+            )
+        if result.get("anon_to_survived_s") is not None:
+            click.echo(f"  anonymous memory -> survived the kexec: {result['anon_to_survived_s']:.3f} s")
         if result.get("workload") == "criu" and result.get("downtime_s") is not None:
             click.echo(f"  process downtime: {result['downtime_s']:.3f} s (freeze to first instruction, host clock)")
     if not result["verified"]:

@@ -8,6 +8,8 @@ results folder (a writable share the host reads). Phase times use the target's m
 prepare: create the memfds, fill them with a deterministic pattern, fingerprint every page; preserve: create the
 LUO session and preserve each memfd with its token; load: ``kexec_file_load`` the next kernel with
 ``wb.phase=restore``; kexec: keep the session open and ``reboot(LINUX_REBOOT_CMD_KEXEC)``.
+With ``convert`` in the request, prepare maps and fingerprints anonymous memory instead, and a convert phase
+moves it into the memfds with the strategies named (:mod:`workbench.lab.guest_conversion`).
 restore (next kernel): retrieve the session and every token, re-fingerprint, compare; finish the session.
 
 Over SSH the host asks for two more things in request.json: ``dry_run`` (stop after the load: unload the kernel,
@@ -181,10 +183,22 @@ class Agent:
         self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
         faults = req.get("faults", {})
         self.timed_setup("hasher", load_hasher)
+        converting = bool(req.get("convert"))
+        if converting:
+            from workbench.lab.guest_conversion import GuestConversion
+
+            self.timed_setup("conversion_kernels", GuestConversion.warm_up)
+            if req.get("convert_limits"):
+                threads = max(e["threads"] for e in req["convert"])
+                self.timed_setup("limits", lambda: GuestConversion.limits(req["memfd_size"], threads))
+            conversion = GuestConversion(req["convert"], req["memfd_size"])
         with self.phase("prepare"):
             luo = LiveUpdate()  # fails clearly, before anything else, on a kernel without LUO
             memfds, maps, hashes = [], [], []
-            for i in range(req["memfds"]):
+            if converting:
+                hashes = conversion.make_sources()
+                impl = load_hasher()
+            for i in range(0 if converting else req["memfds"]):
                 fd = os.memfd_create(f"wb-{req['session']}-{i}", 0)
                 os.ftruncate(fd, req["memfd_size"])
                 m = mmap.mmap(fd, req["memfd_size"], mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -197,10 +211,23 @@ class Agent:
             self.state["hash_impl"] = impl if hashes else None
         self.save()
         self.pause("prepare")
+        if converting:
+            with self.phase("convert"):
+                memfds = conversion.convert()
+            conversion.release_sources()
+            self.state["conversions"] = conversion.results
+            maps = [
+                mmap.mmap(fd, req["memfd_size"], mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) for fd in memfds
+            ]
+            self.save()
+        preserve_s = []
         with self.phase("preserve"):
             session = luo.create_session(req["session"])
             for fd, token in zip(memfds, req["tokens"], strict=True):
+                t0 = time.monotonic()
                 session.preserve(fd, token)
+                preserve_s.append(time.monotonic() - t0)
+        self.state["preserve_s"] = preserve_s
         self.state["session"] = session.kernel_name()
         frames = np.stack([page_frames(m) for m in maps]) if maps else np.zeros((0, 0), dtype=np.uint64)
         np.save(self.results / "frames-before.npy", frames)
@@ -283,10 +310,15 @@ class Agent:
         self.state["kernel_release_after"] = os.uname().release
         self.kho_snapshot("in")
         faults = req.get("faults", {})
+        retrieve_s, fds = [], []
         with self.phase("restore"):
             luo = LiveUpdate()
             session = luo.retrieve_session(req["session"])
-            fds = [session.retrieve(token) for token in req["tokens"]]
+            for token in req["tokens"]:
+                t0 = time.monotonic()
+                fds.append(session.retrieve(token))
+                retrieve_s.append(time.monotonic() - t0)
+        self.state["retrieve_s"] = retrieve_s
         sizes = [os.fstat(fd).st_size for fd in fds]
         maps = [
             mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -305,7 +337,14 @@ class Agent:
             self.state["events"].append(f"fault injection: flipped one bit of page {page} of memfd {i}")
         self.timed_setup("hasher", load_hasher)
         with self.phase("verify"):
-            after, impl = zip(*(fingerprint(m) for m in maps), strict=True) if maps else ((), None)
+            after, impl, verify_s = [], [], []
+            for m in maps:
+                t0 = time.monotonic()
+                h, name = fingerprint(m)
+                verify_s.append(time.monotonic() - t0)
+                after.append(h)
+                impl.append(name)
+            self.state["verify_s"] = verify_s
             before = np.load(self.results / "fingerprints-before.npy")
             report = []
             for i, h in enumerate(after):

@@ -24,6 +24,8 @@ import pandas as pd
 from workbench.environment import REPO_ROOT
 from workbench.lab import criu as lab_criu
 from workbench.lab.accel import AccelChoice, choose_accelerator
+from workbench.lab.guest_conversion import ConversionSpec, conversion_request, resolve_specs
+from workbench.lab.guest_conversion import summarize as summarize_conversion
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, parse_config, require_live_update
 from workbench.lab.liveupdate import check_session_name
@@ -33,7 +35,7 @@ from workbench.records import RecordStore, open_store
 __all__ = ["CycleParams", "CycleFailed", "CycleCancelled", "CycleEvent", "run_cycle", "record_cycle", "PHASES"]
 
 PAUSE_POINTS = ("prepare", "preserve", "restore")
-PHASES = ("boot", "prepare", "preserve", "load", "kexec", "restore", "verify", "finish")
+PHASES = ("boot", "prepare", "convert", "preserve", "load", "kexec", "restore", "verify", "finish")
 MARK = "WB-MARK "
 _WAITING = {"load": "loading the next kernel", "restore": "retrieving the session", "verify": "verifying"}
 
@@ -49,6 +51,7 @@ class CycleParams:
     seed: int = 0
     memory_mb: int | None = None
     cpus: int = 2
+    tcg_threads: str = "single"  # "multi": one host thread per vCPU under TCG (faster, see VMConfig)
     next_kernel: str | None = None
     next_config: str | None = None
     kho_scratch: str | None = None
@@ -71,6 +74,12 @@ class CycleParams:
     criu: str = "/usr/sbin/criu"
     criu_kdat: str = "probe"
     lazy_pages: bool = False
+    # anonymous memory converted into the memfds in the target before preservation (workbench.lab.guest_conversion)
+    convert: list[str] = field(default_factory=list)
+    convert_copier: str = ""
+    convert_threads: int = 1
+    pipe_size: int = 0
+    convert_limits: bool = False
 
     def resolved_tokens(self) -> list[int]:
         return list(self.tokens) if self.tokens is not None else [1000 + i for i in range(self.memfds)]
@@ -81,7 +90,29 @@ class CycleParams:
         if self.workload == "criu":
             return lab_criu.criu_memory_mb(self)
         total_mb = self.memfds * self.memfd_size / (1 << 20)
-        return int(max(1024, math.ceil((640 + 2 * total_mb) / 256) * 256))
+        copies = 3 if self.convert else 2  # the anonymous sources exist beside the memfds until converted
+        return int(max(1024, math.ceil((640 + copies * total_mb) / 256) * 256))
+
+    def conversion_specs(self) -> list[ConversionSpec]:
+        return resolve_specs(self.convert, self.memfds, self.convert_copier, self.convert_threads, self.pipe_size)
+
+    def agent_request(self) -> dict[str, Any]:
+        """The request.json fields every target shares."""
+        request = {
+            "memfds": self.memfds,
+            "memfd_size": self.memfd_size,
+            "session": self.session,
+            "tokens": self.resolved_tokens(),
+            "seed": self.seed,
+            "faults": self.faults,
+        }
+        if self.convert:
+            request.update(conversion_request(self.conversion_specs(), self.convert_limits))
+        return request
+
+    def phases_before_load(self) -> tuple[str, ...]:
+        """The agent's phases before it loads the next kernel, in order."""
+        return ("prepare", "convert", "preserve") if self.convert else ("prepare", "preserve")
 
     def validate(self) -> None:
         check_session_name(self.session)
@@ -101,8 +132,13 @@ class CycleParams:
         for phase in self.pause_after:
             if phase not in PAUSE_POINTS:
                 raise ValueError(f"a cycle can pause after {', '.join(PAUSE_POINTS)}, not {phase!r}")
+        if self.tcg_threads not in ("single", "multi"):
+            raise ValueError(f"TCG threads are single or multi, not {self.tcg_threads!r}")
         if self.dump_format not in ("elf", "kdump-zlib"):
             raise ValueError("dump format is elf or kdump-zlib")
+        if self.convert and self.workload != "memfd":
+            raise ValueError("--convert applies to the memfd workload (CRIU makes its own memfds)")
+        self.conversion_specs()
 
 
 @dataclass(frozen=True)
@@ -292,7 +328,8 @@ class MarkRunner:
         """The result fields every target reports, from the agent's prepare.json and restore.json and the host's
         times of the kexec and of the target's return."""
         guest_phases = {**prepare.get("phases", {}), **restore.get("phases", {})}
-        phases = {name: guest_phases[name] for name in ("prepare", "preserve", "load") if name in guest_phases}
+        before = ("prepare", "convert", "preserve", "load")
+        phases = {name: guest_phases[name] for name in before if name in guest_phases}
         phases["kexec"] = t_back - t_kexec
         for name in ("restore", "verify", "finish"):
             if name in guest_phases:
@@ -316,6 +353,8 @@ class MarkRunner:
         }
         if "modify_after_preserve" in prepare:
             result["modify_after_preserve"] = prepare["modify_after_preserve"]
+        if prepare.get("conversions"):
+            result.update(summarize_conversion(prepare, restore, phases, result["blackout_s"]))
         if restore.get("events") or prepare.get("events"):
             result["events"] = prepare.get("events", []) + restore.get("events", [])
         return result
@@ -361,6 +400,8 @@ class _CycleRunner(MarkRunner):
             qemu_version=qemu_version(),
         )
         tcg = accel.accel == "tcg"
+        if tcg:
+            self.run.update_environment(tcg_threads=p.tcg_threads)
         total_gib = p.memfds * p.memfd_size / (1 << 30)
         if p.workload == "criu":
             total_gib = 3 * (p.anon_size + p.memfd_region) / (1 << 30)
@@ -369,15 +410,10 @@ class _CycleRunner(MarkRunner):
         if p.timeout_s:
             boot_timeout = work_timeout = p.timeout_s
         request = {
-            "memfds": p.memfds,
-            "memfd_size": p.memfd_size,
-            "session": p.session,
-            "tokens": p.resolved_tokens(),
-            "seed": p.seed,
+            **p.agent_request(),
             "next_kernel": str(next_kernel),
             "next_initrd": str(initrd),
             "pause_after": sorted(set(p.pause_after) | set(p.dump_after)),
-            "faults": p.faults,
         }
         if p.workload == "criu":
             request.update(lab_criu.criu_request(p))
@@ -403,6 +439,7 @@ class _CycleRunner(MarkRunner):
             memory_mb=p.resolved_memory_mb(),
             cpus=p.cpus,
             accel=accel.accel,
+            tcg_threads=p.tcg_threads,
             shares={
                 "hostroot": (Path("/"), True),
                 "wbresults": (self.results, False),
@@ -420,7 +457,7 @@ class _CycleRunner(MarkRunner):
             _, _, t_agent = self.wait_mark(("agent-start",), boot_timeout, "waiting for the agent to start")
             self.emit(kind="phase", name="boot", status="end", seconds=t_agent - t_boot, host_time=t_agent)
             self.emit(kind="state", name="running")
-            for phase in ("prepare", "preserve", "load") if p.workload != "criu" else lab_criu.PHASES_BEFORE:
+            for phase in (*p.phases_before_load(), "load") if p.workload != "criu" else lab_criu.PHASES_BEFORE:
                 self.phase = phase
                 self.wait_mark(("phase-end",), work_timeout, _WAITING.get(phase, f"in phase {phase}"))
                 if phase in request["pause_after"]:

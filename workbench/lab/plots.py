@@ -7,11 +7,12 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["cycle_timeline", "phase_bars"]
+__all__ = ["conversion_end_to_end", "cycle_timeline", "phase_bars"]
 
-_ORDER = ("prepare", "preserve", "load", "kexec", "restore", "verify", "finish")
+_ORDER = ("prepare", "convert", "preserve", "load", "kexec", "restore", "verify", "finish")
 _COLORS = {
     "prepare": "#9ecae1",
+    "convert": "#fd8d3c",
     "preserve": "#4292c6",
     "load": "#6baed6",
     "kexec": "#de2d26",
@@ -77,4 +78,41 @@ def phase_bars(runs: pd.DataFrame) -> go.Figure:
             continue
         fig.add_trace(go.Bar(x=part["run_id"], y=part["seconds"], name=name, marker_color=_COLORS[name]))
     fig.update_layout(barmode="stack", yaxis_title="seconds", xaxis_title="run")
+    return fig
+
+
+_END_TO_END_PARTS = (
+    ("convert_s", "convert", "convert"),
+    ("preserve_s", "preserve", "preserve"),
+    ("blackout_s", "kexec", "kexec blackout (shared)"),
+    ("retrieve_s", "restore", "retrieve"),
+    ("verify_s", "verify", "verify"),
+)
+
+
+def conversion_end_to_end(rows: pd.DataFrame) -> go.Figure:
+    """Anonymous memory → a verified memfd after the kexec, one stacked bar per strategy: its conversion,
+    preserve, the blackout every memfd of the cycle shares, retrieve and verify (``rows`` from
+    :func:`workbench.lab.guest_conversion.bench_in_vm`, one size)."""
+    labels = rows["strategy"] + " (" + rows["copier"] + ", " + rows["threads"].astype(str) + " thr)"
+    fig = go.Figure()
+    for column, phase, name in _END_TO_END_PARTS:
+        fig.add_trace(
+            go.Bar(
+                y=labels,
+                x=rows[column],
+                orientation="h",
+                name=name,
+                marker_color=_COLORS[phase],
+                hovertemplate=f"{name}: %{{x:.3f}} s<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        height=120 + 32 * len(rows),
+        xaxis_title="seconds (guest clock; blackout on the host clock)",
+        title="Anonymous memory → survived the kexec, per strategy",
+        legend_orientation="h",
+        legend_y=-0.25,
+    )
     return fig

@@ -871,15 +871,10 @@ class _SshRunner(MarkRunner):
         self.check()
         facts = self.facts
         request = {
-            "memfds": p.memfds,
-            "memfd_size": p.memfd_size,
-            "session": p.session,
-            "tokens": p.resolved_tokens(),
-            "seed": p.seed,
+            **p.agent_request(),
             "next_kernel": facts["next_kernel"],
             "next_initrd": facts["next_initrd"],
             "pause_after": sorted(set(p.pause_after)),
-            "faults": p.faults,
             "next_phase": "shell",
             "confirm_kexec": True,
             "dry_run": self.dry_run,
@@ -898,7 +893,7 @@ class _SshRunner(MarkRunner):
         self.phase = "prepare"
         self.start_agent("prepare", self.client)
         _, _, t_agent = self.wait_mark(("agent-start",), start_timeout, "waiting for the agent to start")
-        for phase in ("prepare", "preserve"):
+        for phase in p.phases_before_load():
             self.phase = phase
             self.wait_mark(("phase-end",), work_timeout, f"in phase {phase}")
             if phase in request["pause_after"]:
@@ -986,7 +981,8 @@ class _SshRunner(MarkRunner):
         self.chan.wait_exit(30)
         self._fetch_results()
         prepare = json.loads((self.results / "prepare.json").read_text())
-        phases = {n: prepare["phases"][n] for n in ("prepare", "preserve", "load") if n in prepare.get("phases", {})}
+        before = ("prepare", "convert", "preserve", "load")
+        phases = {n: prepare["phases"][n] for n in before if n in prepare.get("phases", {})}
         self.emit(kind="state", name="done", text="dry run: stopped before the kexec")
         return {
             "verified": None,

@@ -38,6 +38,7 @@ class CyclePanel(w.VBox):
         memfds: int = 2,
         memfd_size: str = "64M",
         session: str = "workbench",
+        convert: str = "",
         store: RecordStore | None = None,
         controller: CycleController | None = None,
     ):
@@ -53,6 +54,13 @@ class CyclePanel(w.VBox):
         self.memfds = w.BoundedIntText(value=memfds, min=0, max=64, description="memfds")
         self.memfd_size = w.Text(value=memfd_size, description="memfd size")
         self.session = w.Text(value=session, description="session")
+        from workbench.kernels.conversion import STRATEGIES
+
+        self.convert = w.Dropdown(
+            options=[("filled in place", "")] + [(f"anonymous → {name}", name) for name in STRATEGIES],
+            value=convert,
+            description="memfd data",
+        )
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
         self.status = w.HTML("<b>idle</b>")
@@ -68,8 +76,11 @@ class CyclePanel(w.VBox):
         self.run_button.on_click(lambda _: self.start())
         self.cancel_button.on_click(lambda _: self.controller.cancel())
         self.controller.observe(self._changed)
-        form = w.VBox([self.target, self.kernel, self.memfds, self.memfd_size, self.session])
-        progress = w.VBox([w.HBox([self.bars[p], self.times[p]]) for p in PHASES])
+        self.convert.observe(lambda _: self._show_convert_row(), names="value")
+        form = w.VBox([self.target, self.kernel, self.memfds, self.memfd_size, self.session, self.convert])
+        self.rows = {p: w.HBox([self.bars[p], self.times[p]]) for p in PHASES}
+        progress = w.VBox(list(self.rows.values()))
+        self._show_convert_row()
         super().__init__(
             [
                 w.HBox([form, progress]),
@@ -80,9 +91,15 @@ class CyclePanel(w.VBox):
             ]
         )
 
+    def _show_convert_row(self) -> None:
+        self.rows["convert"].layout.display = "" if self.convert.value else "none"
+
     def params(self) -> CycleParams:
         return CycleParams(
-            memfds=self.memfds.value, memfd_size=parse_size(self.memfd_size.value), session=self.session.value
+            memfds=self.memfds.value,
+            memfd_size=parse_size(self.memfd_size.value),
+            session=self.session.value,
+            convert=[self.convert.value] if self.convert.value else [],
         )
 
     def start(self) -> None:
