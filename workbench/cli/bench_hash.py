@@ -14,7 +14,7 @@ from workbench.cli.common import SIZE, data_option, json_option, output_option, 
 @data_option
 @output_option
 def hash_cmd(size, repeats, as_json, data_dir, output) -> None:
-    """Page fingerprint (XXH64 per 4 KiB page) throughput against a plain parallel read of the same memory."""
+    """Page fingerprint (XXH3-64 per 4 KiB page) throughput against a plain parallel read of the same memory."""
     from workbench.kernels.pagehash import benchmark
 
     run_recorded(

@@ -2,7 +2,7 @@
 verified page by page.
 
 A *source* is ``size`` bytes of anonymous private memory that has been touched (filled with a deterministic
-pattern, distinct on every page) together with the XXH64 fingerprint of each of its pages. A *strategy* creates
+pattern, distinct on every page) together with the XXH3-64 fingerprint of each of its pages. A *strategy* creates
 a memfd and moves the source's bytes into it; the memfd's pages are then fingerprinted and compared with the
 source's, so a strategy that loses, misplaces or corrupts a page is reported as unverified, with the page.
 

@@ -74,20 +74,20 @@ def fill_pattern(buf, memfd_index: int, seed: int) -> None:
 def load_hasher() -> str:
     """Imports and compiles (or loads from numba's cache) the page hash kernel; returns its name."""
     try:
-        from workbench.kernels.pagehash import page_hashes
+        from workbench.kernels.pagehash import ALGORITHM, page_hashes
 
         page_hashes(np.zeros(PAGE, dtype=np.uint8))
-        return "xxh64-numba"
+        return f"{ALGORITHM}-numba"
     except ImportError:
         return "blake2b64-python"
 
 
 def fingerprint(buf) -> tuple[np.ndarray, str]:
-    """Per-page fingerprints: the workbench's numba XXH64 kernel, or BLAKE2b-64 if numba cannot run here."""
+    """Per-page fingerprints: the workbench's numba XXH3-64 kernel, or BLAKE2b-64 if numba cannot run here."""
     try:
-        from workbench.kernels.pagehash import page_hashes
+        from workbench.kernels.pagehash import ALGORITHM, page_hashes
 
-        return page_hashes(buf), "xxh64-numba"
+        return page_hashes(buf), f"{ALGORITHM}-numba"
     except ImportError:
         import hashlib
 

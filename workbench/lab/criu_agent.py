@@ -405,7 +405,7 @@ class CriuAgent(Agent):
                 )
             before = work.fingerprints()
             np.savez(self.results / "fingerprints-before.npz", *before)
-            self.state["hash_impl"] = "xxh64-numba"
+            self.state["hash_impl"] = load_hasher()
         self.save()
         self.pause("prepare")
         with self.phase("load"):
