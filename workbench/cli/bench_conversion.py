@@ -144,15 +144,21 @@ def conversion_cmd(sizes, thread_counts, strategies, repeats, pipe_sizes, target
         summary["tables"] = {"conversion": frame, "limits": pd.DataFrame([limits])}
         return summary
 
+    _record_and_report(params, body, _TABLE_COLUMNS, "some conversions did not verify", as_json, data_dir, output)
+
+
+def _record_and_report(params, body, columns, failure: str, as_json, data_dir, output) -> None:
+    """Runs ``body`` as a ``bench.conversion`` record, prints the JSON or the table of ``columns``; exit status 1
+    when a row did not verify."""
     summary = run_recorded("bench.conversion", params, body, data_dir=data_dir, output=output, as_json=as_json)
     if not as_json:
         import pandas as pd
 
         from workbench.cli.output import emit_frame
 
-        emit_frame(pd.DataFrame(summary["rows"])[_TABLE_COLUMNS])
+        emit_frame(pd.DataFrame(summary["rows"])[columns])
     if not summary["all_verified"]:
-        click.echo("workbench: some conversions did not verify: see the rows with verified false", err=True)
+        click.echo(f"workbench: {failure}: see the rows with verified false", err=True)
         raise SystemExit(1)
 
 
@@ -228,13 +234,5 @@ def _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output) -> None:
         summary["tables"] = {"conversion_vm": frame}
         return summary
 
-    summary = run_recorded("bench.conversion", params, body, data_dir=data_dir, output=output, as_json=as_json)
-    if not as_json:
-        import pandas as pd
-
-        from workbench.cli.output import emit_frame
-
-        emit_frame(pd.DataFrame(summary["rows"])[_VM_COLUMNS])
-    if not summary["all_verified"]:
-        click.echo("workbench: some conversions did not survive the kexec intact: see verified false", err=True)
-        raise SystemExit(1)
+    failure = "some conversions did not survive the kexec intact"
+    _record_and_report(params, body, _VM_COLUMNS, failure, as_json, data_dir, output)
