@@ -75,15 +75,16 @@ import math
 import mmap
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 import pandas as pd
+
+from workbench.kernels.threads import numba_threads
 
 __all__ = [
     "BASE_PAGE",
@@ -1038,16 +1039,6 @@ def _copy_blocks(dst, src, block):
 _COPY_BLOCK_WORDS = 1 << 13
 
 
-@contextmanager
-def _numba_threads(threads: int) -> Iterator[None]:
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
 def _private_mapping(size: int, huge: bool) -> tuple[mmap.mmap, np.ndarray]:
     """Fresh anonymous private memory (``mmap(-1, n)`` alone would be shared, i.e. shmem) of ``size`` bytes,
     2 MiB aligned, advised for or against transparent huge pages; nothing touched yet."""
@@ -1071,7 +1062,7 @@ def _time_fault(size: int, threads: int, huge: bool) -> tuple[float, bool]:
     mem, data = _private_mapping(size, huge)
     try:
         before = _anon_huge_bytes()
-        with _numba_threads(threads):
+        with numba_threads(threads):
             start = time.perf_counter()
             _touch_every_page(data, BASE_PAGE)
             seconds = time.perf_counter() - start
@@ -1088,7 +1079,7 @@ def _time_memcpy(size: int, threads: int) -> float:
     try:
         src[:] = 7
         dst[:] = 0
-        with _numba_threads(threads):
+        with numba_threads(threads):
             start = time.perf_counter()
             _copy_blocks(dst.view(np.uint64), src.view(np.uint64), _COPY_BLOCK_WORDS)
             seconds = time.perf_counter() - start
@@ -1126,7 +1117,7 @@ def _time_own_conversion(strategy: str, source: np.ndarray, threads: int) -> flo
                 os.posix_fallocate(fd, 0, size)
             mem = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             target = np.frombuffer(mem, dtype=np.uint64)
-            with _numba_threads(threads):
+            with numba_threads(threads):
                 _copy_blocks(target, source.view(np.uint64), _COPY_BLOCK_WORDS)
             seconds = time.perf_counter() - start
             del target

@@ -44,6 +44,7 @@ from workbench.kernels.memfd_syscalls import (
     vmsplice,
 )
 from workbench.kernels.pagehash import PAGE_SIZE, diff_pages, page_hashes
+from workbench.kernels.threads import numba_threads
 
 __all__ = [
     "COLUMNS",
@@ -137,16 +138,6 @@ def _touch_pages(data, page_size):
         data[i] = 1
 
 
-@contextmanager
-def _numba_threads(threads: int) -> Iterator[None]:
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
 def _compile_kernels() -> None:
     """Compiles (or loads from cache) the numba kernels so that no timed region includes a compilation."""
     small = np.zeros(4 * PAGE_SIZE, dtype=np.uint8)
@@ -193,7 +184,7 @@ def _copy(dst: mmap.mmap, src: mmap.mmap, copier: str, threads: int) -> None:
     if copier == "numpy":
         np.copyto(dst_words, src_words)
     elif copier == "numba":
-        with _numba_threads(threads):
+        with numba_threads(threads):
             _parallel_copy(dst_words, src_words)
     else:
         raise ValueError(f"unknown copier {copier!r}: use numpy or numba")
