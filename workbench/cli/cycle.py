@@ -232,23 +232,7 @@ def cycle(
     if as_json:
         emit_json(result)
     else:
-        verdict = "verified" if result["verified"] else "NOT VERIFIED"
-        click.echo(
-            f"{verdict}: {result['pages_checked']} pages in {len(result['memfds'])} memfds, session "
-            f"{result['session']!r}, {result['kernel_release_before']} -> {result['kernel_release_after']}"
-        )
-        for name, secs in result["phases"].items():
-            click.echo(f"  {name:>9}: {secs:.3f} s")
-        click.echo(f"  blackout: {result['blackout_s']:.3f} s (host clock); record {result['record_id']}")
-        for row in result.get("conversions", []):
-            click.echo(
-                f"  memfd {row['memfd']} {row['strategy']}/{row['copier']}: converted in {row['convert_s']:.3f} s, "
-                f"end to end {row['end_to_end_s']:.3f} s"
-            )
-        if result.get("anon_to_survived_s") is not None:
-            click.echo(f"  anonymous memory -> survived the kexec: {result['anon_to_survived_s']:.3f} s")
-        if result.get("workload") == "criu" and result.get("downtime_s") is not None:
-            click.echo(f"  process downtime: {result['downtime_s']:.3f} s (freeze to first instruction, host clock)")
+        _echo_result(result, "", "host clock")
     if not result["verified"]:
         sys.exit(3)
 
@@ -346,11 +330,25 @@ def _echo_ssh_result(r: dict) -> None:
             f"({', '.join(r['stood_down'].get('undone', []))}); record {r['record_id']}"
         )
         return
-    verdict = "verified" if r["verified"] else "NOT VERIFIED"
+    _echo_result(r, f"{host}: ", "host clock, kexec to first command")
+
+
+def _echo_result(result: dict, prefix: str, blackout_clock: str) -> None:
+    """A finished cycle in a few lines: verdict, phases, blackout, conversions, process downtime."""
+    verdict = "verified" if result["verified"] else "NOT VERIFIED"
     click.echo(
-        f"{host}: {verdict}: {r['pages_checked']} pages in {len(r['memfds'])} memfds, session {r['session']!r}, "
-        f"{r['kernel_release_before']} -> {r['kernel_release_after']}"
+        f"{prefix}{verdict}: {result['pages_checked']} pages in {len(result['memfds'])} memfds, session "
+        f"{result['session']!r}, {result['kernel_release_before']} -> {result['kernel_release_after']}"
     )
-    for name, secs in r["phases"].items():
+    for name, secs in result["phases"].items():
         click.echo(f"  {name:>9}: {secs:.3f} s")
-    click.echo(f"  blackout: {r['blackout_s']:.3f} s (host clock, kexec to first command); record {r['record_id']}")
+    click.echo(f"  blackout: {result['blackout_s']:.3f} s ({blackout_clock}); record {result['record_id']}")
+    for row in result.get("conversions", []):
+        click.echo(
+            f"  memfd {row['memfd']} {row['strategy']}/{row['copier']}: converted in {row['convert_s']:.3f} s, "
+            f"end to end {row['end_to_end_s']:.3f} s"
+        )
+    if result.get("anon_to_survived_s") is not None:
+        click.echo(f"  anonymous memory -> survived the kexec: {result['anon_to_survived_s']:.3f} s")
+    if result.get("workload") == "criu" and result.get("downtime_s") is not None:
+        click.echo(f"  process downtime: {result['downtime_s']:.3f} s (freeze to first instruction, host clock)")

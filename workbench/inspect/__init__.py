@@ -12,19 +12,8 @@ The helpers follow drgn's conventions: they take a ``drgn.Program`` or ``drgn.Ob
 argument in their docstrings, iterate with ``for_each_*``, and check structure members rather than versions.
 """
 
-from workbench.inspect.errors import (
-    DebugInfoNotFound,
-    InspectError,
-    LiveKernelUnavailable,
-    MissingKernelSupport,
-    NotRoot,
-    QmpBusy,
-    TruncatedDump,
-    UnreadableDump,
-    UnsupportedLayout,
-    VmlinuxMismatch,
-    VmUnreachable,
-)
+from workbench.inspect import errors
+from workbench.inspect.errors import *  # noqa: F403 (every error, listed in errors.__all__)
 from workbench.inspect.kho import kho_facts, kho_summary, memory_map, preserved_folios, scratch_areas
 from workbench.inspect.luo import luo_facts, luo_files, luo_sessions, luo_summary
 from workbench.inspect.memfd import preserved_memfd_folios, preserved_memfds
@@ -38,17 +27,7 @@ from workbench.inspect.program import (
 from workbench.inspect.snapshot import Snapshot, snapshot
 
 __all__ = [
-    "InspectError",
-    "DebugInfoNotFound",
-    "VmlinuxMismatch",
-    "MissingKernelSupport",
-    "NotRoot",
-    "LiveKernelUnavailable",
-    "TruncatedDump",
-    "UnreadableDump",
-    "VmUnreachable",
-    "QmpBusy",
-    "UnsupportedLayout",
+    *errors.__all__,
     "open_live",
     "open_vm",
     "open_vmcore",

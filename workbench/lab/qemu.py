@@ -112,6 +112,36 @@ class SerialLine:
     text: str
 
 
+def wait_for_line(
+    lines: list[SerialLine],
+    cond: threading.Condition,
+    predicate: Callable[[SerialLine], bool],
+    timeout: float,
+    start: int,
+    cancel: threading.Event | None,
+    alive: Callable[[], bool],
+) -> tuple[int, SerialLine] | None:
+    """The first of ``lines`` (appended under ``cond``, which is notified on each) from index ``start`` on that
+    satisfies ``predicate``, as (index, line); None on timeout, on ``cancel``, or once ``alive()`` is false and no
+    line matched."""
+    deadline = time.monotonic() + timeout
+    i = start
+    with cond:
+        while True:
+            while i < len(lines):
+                if predicate(lines[i]):
+                    return i, lines[i]
+                i += 1
+            if cancel is not None and cancel.is_set():
+                return None
+            if not alive():
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            cond.wait(min(remaining, 0.2))
+
+
 class QMPError(RuntimeError):
     pass
 
@@ -297,22 +327,15 @@ class QemuVM:
     ) -> tuple[int, SerialLine] | None:
         """The first serial line from index ``start`` on that satisfies ``predicate``; None on timeout or when QEMU
         exits first. Returns (index, line)."""
-        deadline = time.monotonic() + timeout
-        i = start
-        with self._lines_cond:
-            while True:
-                while i < len(self.lines):
-                    if predicate(self.lines[i]):
-                        return i, self.lines[i]
-                    i += 1
-                if cancel is not None and cancel.is_set():
-                    return None
-                if not self.running and (self._reader is None or not self._reader.is_alive()):
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._lines_cond.wait(min(remaining, 0.2))
+        return wait_for_line(
+            self.lines,
+            self._lines_cond,
+            predicate,
+            timeout,
+            start,
+            cancel,
+            alive=lambda: self.running or (self._reader is not None and self._reader.is_alive()),
+        )
 
     def serial_text(self) -> str:
         return "\n".join(line.text for line in self.lines)

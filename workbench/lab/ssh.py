@@ -51,7 +51,7 @@ from workbench.lab.cycle import (
     record_cycle,
 )
 from workbench.lab.inventory import Inventory, LabHost, resolve_hosts
-from workbench.lab.qemu import SerialLine
+from workbench.lab.qemu import SerialLine, wait_for_line
 from workbench.records import RecordStore, open_store
 
 __all__ = [
@@ -331,22 +331,7 @@ class SshChannelSource:
         start: int = 0,
         cancel: threading.Event | None = None,
     ) -> tuple[int, SerialLine] | None:
-        deadline = time.monotonic() + timeout
-        i = start
-        with self._cond:
-            while True:
-                while i < len(self.lines):
-                    if predicate(self.lines[i]):
-                        return i, self.lines[i]
-                    i += 1
-                if cancel is not None and cancel.is_set():
-                    return None
-                if not self._reader.is_alive():
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(min(remaining, 0.2))
+        return wait_for_line(self.lines, self._cond, predicate, timeout, start, cancel, alive=self._reader.is_alive)
 
 
 # -- checking the host -----------------------------------------------------------------------------------------
