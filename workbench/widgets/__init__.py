@@ -2,11 +2,13 @@
 
 import importlib
 
-__all__ = ["CyclePanel", "CycleController", "RecordsBrowser"]
+__all__ = ["CyclePanel", "CycleController", "InspectorController", "InspectorPanel", "RecordsBrowser"]
 
 _HOME = {
     "CyclePanel": "workbench.widgets.cycle_panel",
     "CycleController": "workbench.widgets.controller",
+    "InspectorController": "workbench.widgets.inspector",
+    "InspectorPanel": "workbench.widgets.inspector_panel",
     "RecordsBrowser": "workbench.widgets.records_browser",
 }
 
