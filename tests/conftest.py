@@ -55,6 +55,8 @@ class Inspection:
     cli_json: dict[str, Any] | None = None
     cli_error: str | None = None
     qmp_busy: str | None = None
+    running_vms: list[tuple[str, str]] = field(default_factory=list)  # the inspector's choices while paused
+    live_panel: dict[str, Any] = field(default_factory=dict)  # the inspector panel opened over QMP, after preserve
     errors: list[str] = field(default_factory=list)
 
 
@@ -139,6 +141,29 @@ def _collect(phase: str, vm, kernel, out: Inspection, data_dir: Path) -> None:
                 out.cli_json = json.loads(proc.stdout)
 
         guarded("cli", cli)
+
+        def panel():
+            from workbench.records import RecordStore
+            from workbench.widgets.inspector_panel import InspectorPanel
+
+            widget = InspectorPanel(vmlinux=kernel.vmlinux, source="vm", store=RecordStore(data_dir))
+            out.running_vms = list(widget.running.options)
+            widget.running.value = str(vm.qmp_sock)  # picking the VM fills in its socket
+            status = widget.start_and_wait(600)
+            c = widget.controller
+            out.live_panel = {
+                "status": status,
+                "error": c.error,
+                "qmp_socket": widget.qmp_socket.value,
+                "luo": c.luo_summary,
+                "kho": c.kho_summary,
+                "figures": len(widget.figures.outputs),
+                "record_id": c.record_id,
+            }
+            del widget, c
+            gc.collect()
+
+        guarded("panel", panel)
 
 
 @pytest.fixture(scope="session")

@@ -186,3 +186,31 @@ def test_panel_open_button_reads_the_real_vmcore(inspection, lab_kernel, store):
     data = sunburst["data"]["application/vnd.plotly.v1+json"]
     assert data["data"][0]["type"] == "sunburst" and len(data["data"][0]["ids"]) >= 3
     json.dumps(panel.figures.outputs)  # the Output widget's state must be JSON
+
+
+@lab
+def test_panel_lists_the_running_lab_vm_and_reads_it_live(inspection):
+    """In the shared cycle's pause after preserve, the panel offered the paused VM, and picking it and pressing
+    Open read the live kernel over QMP: the outgoing session with the memfd's token, and the memory map."""
+    assert not [e for e in inspection.errors if " panel:" in e], inspection.errors
+    vm_sockets = [qmp for _, qmp in inspection.running_vms if qmp]
+    assert vm_sockets and all(qmp.endswith("/qmp") for qmp in vm_sockets)
+    panel = inspection.live_panel
+    assert panel["qmp_socket"] in vm_sockets
+    assert panel["status"] == "ready", panel["error"]
+    assert list(panel["luo"]["token"]) == TOKENS and set(panel["luo"]["direction"]) == {"outgoing"}
+    kho = dict(zip(panel["kho"]["field"], panel["kho"]["value"], strict=True))
+    assert int(kho["preserved_pages"]) >= MEMFD_SIZE // PAGE
+    assert panel["figures"] == 2 and panel["record_id"]
+
+
+@lab
+def test_a_vm_that_stopped_is_no_longer_offered(lab_kernel, tmp_path):
+    from workbench.lab.initramfs import build_initramfs
+    from workbench.lab.qemu import QemuVM, VMConfig
+
+    config = VMConfig(kernel=lab_kernel.bzimage, initrd=build_initramfs(), cmdline="console=ttyS0 wb.phase=probe")
+    with QemuVM(config, tmp_path / "vm") as vm:
+        offered = [qmp for _, qmp in InspectorController.running_vms()]
+        assert str(vm.qmp_sock) in offered
+    assert str(vm.qmp_sock) not in [qmp for _, qmp in InspectorController.running_vms()]

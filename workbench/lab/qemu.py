@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VMConfig", "QemuVM", "QMPClient", "QMPError", "SerialLine", "qemu_binary", "qemu_version"]
+__all__ = ["VMConfig", "QemuVM", "QMPClient", "QMPError", "SerialLine", "qemu_binary", "qemu_version", "running_vms"]
 
 
 def qemu_binary() -> str:
@@ -191,6 +191,26 @@ def _die_with_parent() -> None:
     os.setsid()
 
 
+VM_INFO = "vm.json"
+
+
+def running_vms() -> list[dict]:
+    """The lab VMs running on this machine now (their QEMU process alive), newest first: pid, QMP socket, run
+    folder, RAM file, kernel command line, start time (epoch seconds)."""
+    import tempfile
+
+    found = []
+    for info in Path(tempfile.gettempdir()).glob(f"wbvm-*/{VM_INFO}"):
+        try:
+            about = json.loads(info.read_text())
+            alive = b"qemu" in Path(f"/proc/{about['pid']}/cmdline").read_bytes()
+        except (OSError, ValueError, KeyError):
+            continue
+        if alive:
+            found.append(about)
+    return sorted(found, key=lambda about: about["started"], reverse=True)
+
+
 class QemuVM:
     """One running VM. Use as a context manager: leaving the block always stops QEMU.
 
@@ -245,6 +265,16 @@ class QemuVM:
                 time.sleep(0.05)
         self._reader = threading.Thread(target=self._read_serial, args=(sock,), daemon=True, name="serial")
         self._reader.start()
+        about = {
+            "pid": self.proc.pid,
+            "qmp": str(self.qmp_sock),
+            "workdir": str(self.workdir),
+            "ram_file": str(self.config.ram_file) if self.config.ram_file else None,
+            "memory_mb": self.config.memory_mb,
+            "cmdline": self.config.cmdline,
+            "started": time.time(),
+        }
+        (self._sockdir / VM_INFO).write_text(json.dumps(about))
         return self
 
     def __enter__(self) -> QemuVM:
@@ -278,7 +308,7 @@ class QemuVM:
             self._reader.join(timeout=5)
         with contextlib.suppress(AttributeError, OSError):
             self._qemu_log_file.close()
-        for p in (self.serial_sock, self.qmp_sock):
+        for p in (self.serial_sock, self.qmp_sock, self._sockdir / VM_INFO):
             p.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self._sockdir.rmdir()

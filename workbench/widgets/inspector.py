@@ -108,6 +108,21 @@ class InspectorController:
             return f"VM {self.qmp_socket or '(no QMP socket)'}"
         return f"vmcore {self.vmcore or '(no file)'}"
 
+    @staticmethod
+    def running_vms() -> list[tuple[str, str]]:
+        """The lab VMs running on this machine as (label, QMP socket), newest first."""
+        import datetime
+
+        from workbench.lab.qemu import running_vms
+
+        choices = []
+        for vm in running_vms():
+            started = datetime.datetime.fromtimestamp(vm["started"]).strftime("%H:%M:%S")
+            phase = next((a.partition("=")[2] for a in vm["cmdline"].split() if a.startswith("wb.phase=")), "")
+            label = f"pid {vm['pid']}, started {started}, {vm['memory_mb']} MiB" + (f", {phase}" if phase else "")
+            choices.append((label, vm["qmp"]))
+        return choices
+
     def params(self) -> dict[str, Any]:
         """The record's parameters, the same keys as ``workbench inspect`` records."""
         vm = self.source == "vm"

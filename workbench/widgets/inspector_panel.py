@@ -53,6 +53,10 @@ class InspectorPanel(w.VBox):
             layout=w.Layout(width="640px"),
         )
         self.method = w.Dropdown(options=list(METHODS), value=c.method, description="read via")
+        self.running = w.Dropdown(options=[], description="running VMs", layout=w.Layout(width="640px"))
+        self.rescan_button = w.Button(description="Rescan", icon="refresh")
+        self.running.observe(self._pick_vm, names="value")
+        self.rescan_button.on_click(lambda _: self.rescan())
         self.vmcore = w.Text(
             value=str(vmcore or c.vmcore),
             description="vmcore",
@@ -71,7 +75,7 @@ class InspectorPanel(w.VBox):
         self.kho_table = w.HTML("", layout=w.Layout(margin="0 2em 0 0"))
         self.luo_table = w.HTML("")
         self.figures = w.Output()
-        self.vm_inputs = w.HBox([self.qmp_socket, self.method])
+        self.vm_inputs = w.VBox([w.HBox([self.running, self.rescan_button]), w.HBox([self.qmp_socket, self.method])])
         self.vmcore_inputs = w.HBox([self.vmcore])
         self.source.observe(lambda _: self._show_inputs(), names="value")
         self.open_button.on_click(lambda _: self.start())
@@ -89,7 +93,18 @@ class InspectorPanel(w.VBox):
             ]
         )
         self._show_inputs()
+        self.rescan()
         self._changed(c, "state")
+
+    def rescan(self) -> None:
+        """Lists the lab VMs running on this machine; picking one fills in its QMP socket."""
+        choices = self.controller.running_vms()
+        self.running.options = [("(none running)" if not choices else "(pick one)", "")] + choices
+        self.running.value = ""
+
+    def _pick_vm(self, change) -> None:
+        if change["new"]:
+            self.qmp_socket.value = change["new"]
 
     def _show_inputs(self) -> None:
         vm = self.source.value == "vm"
