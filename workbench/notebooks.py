@@ -6,7 +6,8 @@ import html
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,24 @@ def _title(notebook: Path) -> str:
     return notebook.stem
 
 
+@contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Sends file descriptor 2 (and so the Jupyter kernels started meanwhile, which inherit it) to ``path``: their
+    start-up warnings belong in the report's log, not between the demo's progress lines."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def build_report(
     out_dir: Path,
     notebooks: Iterable[Path],
@@ -110,7 +129,8 @@ def build_report(
         t0 = time.monotonic()
         status, error = "ok", None
         try:
-            execute(nb, executed, parameters)
+            with _stderr_to(out_dir / "kernels.log"):
+                execute(nb, executed, parameters)
         except PapermillExecutionError as exc:
             status, error = "failed", f"{exc.ename}: {exc.evalue}"
         page = export_html(executed, out_dir / f"{nb.stem}.html") if executed.exists() else None

@@ -47,3 +47,6 @@ def test_demo_writes_an_index_and_says_where(tmp_path):
     page = Path(index).read_text()
     assert "00-tour.ipynb: ok" in page and 'href="00-tour.html"' in page
     assert RecordStore(data).runs(kind="demo")[0].status == "ok"
+    assert "Kernel is running" not in proc.stderr  # the kernels' own chatter goes to the report's log
+    assert (Path(index).parent / "kernels.log").exists()
+    assert "00-tour.ipynb: ok" in proc.stderr
