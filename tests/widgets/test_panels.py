@@ -20,6 +20,16 @@ def test_cycle_panel_has_a_bar_per_phase_and_refuses_bad_sizes(store):
     assert "at most 63" in panel.status.value
 
 
+def test_cycle_panel_converts_anonymous_memory_only_when_asked(store):
+    panel = CyclePanel(store=store)
+    assert panel.params().convert == [] and panel.rows["convert"].layout.display == "none"
+    panel.convert.value = "vmsplice-splice"
+    assert panel.rows["convert"].layout.display == ""
+    params = panel.params()
+    assert params.convert == ["vmsplice-splice"] and params.phases_before_load() == ("prepare", "convert", "preserve")
+    params.validate()
+
+
 def test_cycle_panel_reflects_controller_phases(store):
     panel = CyclePanel(store=store)
     controller = panel.controller
