@@ -14,6 +14,7 @@ from typing import Any
 
 from workbench.lab.cycle import PHASES, CycleCancelled, CycleEvent, CycleFailed, CycleParams, run_cycle
 from workbench.records import RecordStore, open_store
+from workbench.widgets.observable import Observable
 
 __all__ = ["CycleController", "PhaseState", "RecordsController"]
 
@@ -35,7 +36,7 @@ class _Snapshot:
     log_tail: list[str] = field(default_factory=list)
 
 
-class CycleController:
+class CycleController(Observable):
     """Runs one cycle at a time in a worker thread. States: idle, running, done, failed, cancelled."""
 
     def __init__(
@@ -52,20 +53,12 @@ class CycleController:
         self.detail = ""
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self._observers: list[Callable[[CycleController, str], None]] = []
+        Observable.__init__(self)
         self._lock = threading.Lock()
 
-    # -- observing -------------------------------------------------------------------------------------------
-    def observe(self, callback: Callable[[CycleController, str], None]) -> None:
-        """``callback(controller, what)`` with what in state, phase, line."""
-        self._observers.append(callback)
-
-    def _notify(self, what: str) -> None:
-        for callback in list(self._observers):
-            try:
-                callback(self, what)
-            except Exception as exc:  # a broken observer must not kill the cycle
-                self.log.append(f"[observer error: {exc!r}]")
+    # -- observing: ``callback(controller, what)`` with what in state, phase, line ------------------------------
+    def observer_failed(self, callback, exc: Exception) -> None:
+        self.log.append(f"[observer error: {exc!r}]")
 
     @property
     def running(self) -> bool:

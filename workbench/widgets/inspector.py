@@ -10,11 +10,11 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workbench.records import RecordStore, open_store
+from workbench.widgets.observable import Observable
 
 __all__ = ["InspectorController", "METHODS", "SOURCES", "STATES", "default_vmlinux"]
 
@@ -33,7 +33,7 @@ def default_vmlinux() -> Path | None:
     return kernel.vmlinux if kernel is not None and kernel.vmlinux.is_file() else None
 
 
-class InspectorController:
+class InspectorController(Observable):
     """Opens one kernel at a time in a worker thread. States: idle, opening, ready, failed.
 
     Set the inputs (``source``, ``qmp_socket`` or ``vmcore``, ``vmlinux``, ``method``, ``memory``) or pass them to
@@ -65,7 +65,7 @@ class InspectorController:
         self._reset()
         self.status = "idle"
         self._thread: threading.Thread | None = None
-        self._observers: list[Callable[[InspectorController, str], None]] = []
+        Observable.__init__(self)
         self.observer_errors: list[str] = []
         self._lock = threading.Lock()
 
@@ -81,21 +81,9 @@ class InspectorController:
         self.record_id: str | None = None
         self.seconds: float | None = None
 
-    # -- observing -------------------------------------------------------------------------------------------
-    def observe(self, callback: Callable[[InspectorController, str], None]) -> None:
-        """``callback(controller, what)``; ``what`` is ``state``."""
-        self._observers.append(callback)
-
-    def unobserve(self, callback: Callable[[InspectorController, str], None]) -> None:
-        if callback in self._observers:
-            self._observers.remove(callback)
-
-    def _notify(self, what: str = "state") -> None:
-        for callback in list(self._observers):
-            try:
-                callback(self, what)
-            except Exception as exc:  # a broken observer must not kill the worker
-                self.observer_errors.append(f"{callback!r}: {type(exc).__name__}: {exc}")
+    # -- observing: ``callback(controller, "state")`` -------------------------------------------------------
+    def observer_failed(self, callback, exc: Exception) -> None:
+        self.observer_errors.append(f"{callback!r}: {type(exc).__name__}: {exc}")
 
     @property
     def running(self) -> bool:
