@@ -73,7 +73,9 @@ def sweep(
     with _client(scheduler, n_workers) as client:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         size = chunk_size or max(1, math.ceil(len(configs) / (4 * workers)))
-        packed_future = client.scatter(packed, broadcast=True)
+        # hash=False: a key of our own; a content-hash key may be the one a just-closed client's scatter is
+        # still releasing on the same scheduler (seen as "lost dependencies" on back-to-back sweeps)
+        packed_future = client.scatter(packed, broadcast=True, hash=False)
         futures = [
             client.submit(_evaluate_chunk, configs.slice(start, stop).arrays(), packed_future, pure=False)
             for start, stop in chunk_bounds(len(configs), size)
