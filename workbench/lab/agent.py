@@ -158,6 +158,17 @@ class Agent:
         self.state["setup"][f"{name}_s"] = time.monotonic() - t0
         mark("setup", {"name": name, "s": round(self.state["setup"][f"{name}_s"], 6)})
 
+    def record_failure(self, exc: BaseException) -> None:
+        """Keeps what went wrong, and in which phase, in the state file and tells the host."""
+        self.state["error"] = {
+            "phase": self.state.get("current_phase"),
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+        }
+        self.save()
+        mark("error", {"phase": self.state.get("current_phase"), "message": str(exc)})
+
     def pause(self, after: str) -> None:
         """Stops after a phase until the host creates ``continue-<phase>`` (inspection and vmcore dumps)."""
         if after not in self.request.get("pause_after", []):
@@ -197,7 +208,7 @@ class Agent:
             memfds, maps, hashes = [], [], []
             if converting:
                 hashes = conversion.make_sources()
-                impl = load_hasher()
+                impl = self.state["setup"]["hasher"]
             for i in range(0 if converting else req["memfds"]):
                 fd = os.memfd_create(f"wb-{req['session']}-{i}", 0)
                 os.ftruncate(fd, req["memfd_size"])
@@ -402,14 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             agent.restore()
     except BaseException as exc:
-        agent.state["error"] = {
-            "phase": agent.state.get("current_phase"),
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": traceback.format_exc(),
-        }
-        agent.save()
-        mark("error", {"phase": agent.state.get("current_phase"), "message": str(exc)})
+        agent.record_failure(exc)
         return 1
     return 0
 

@@ -47,7 +47,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -405,7 +404,7 @@ class CriuAgent(Agent):
                 )
             before = work.fingerprints()
             np.savez(self.results / "fingerprints-before.npz", *before)
-            self.state["hash_impl"] = load_hasher()
+            self.state["hash_impl"] = self.state["setup"]["hasher"]
         self.save()
         self.pause("prepare")
         with self.phase("load"):
@@ -730,16 +729,9 @@ def main(results: Path, phase: str) -> int:
         else:
             agent.restore()
     except BaseException as exc:
-        agent.state["error"] = {
-            "phase": agent.state.get("current_phase"),
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": traceback.format_exc(),
-        }
         with contextlib.suppress(Exception):
             agent.save_logs()
-        agent.save()
-        mark("error", {"phase": agent.state.get("current_phase"), "message": str(exc)})
+        agent.record_failure(exc)
         return 1
     return 0
 
