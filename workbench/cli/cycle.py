@@ -244,7 +244,7 @@ def _run_ssh_targets(
     per host in the order given; the exit status is non-zero if any host failed."""
     from workbench.lab.cycle import CycleFailed
     from workbench.lab.inventory import InventoryError, default_inventory_path, load_inventory, resolve_hosts
-    from workbench.lab.ssh import PreconditionFailed, run_ssh_cycle, run_ssh_cycles
+    from workbench.lab.ssh import failure_result, run_ssh_cycle, run_ssh_cycles
     from workbench.records import open_store
 
     try:
@@ -278,18 +278,7 @@ def _run_ssh_targets(
             fail(str(exc), 2)
         except CycleFailed as exc:
             if as_json:
-                out = {
-                    "host": host.name,
-                    "target": f"ssh:{host.name}",
-                    "verified": False,
-                    "error": str(exc),
-                    "failed_phase": exc.phase,
-                    "agent_log": str(exc.serial_log) if exc.serial_log else None,
-                    "record_id": exc.record_id,
-                }
-                if isinstance(exc, PreconditionFailed):
-                    out["missing"] = exc.missing
-                emit_json(out)
+                emit_json(failure_result(host.name, exc))
             fail(f"{exc} (record {exc.record_id})")
         results = [result]
     else:

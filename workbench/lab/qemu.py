@@ -112,6 +112,40 @@ class SerialLine:
     text: str
 
 
+def pump_lines(
+    recv: Callable[[], bytes],
+    stop_errors: tuple[type[BaseException], ...],
+    log,
+    t0: float,
+    lines: list[SerialLine],
+    cond: threading.Condition,
+    on_line: Callable[[SerialLine], None] | None,
+) -> bytes:
+    """Reads ``recv()`` until it returns nothing or raises one of ``stop_errors``. Each complete line becomes a
+    :class:`SerialLine` stamped with the host's monotonic time on arrival, written to ``log`` with its offset from
+    ``t0``, appended to ``lines`` (``cond`` notified) and passed to ``on_line``. Returns the unterminated rest."""
+    buf = b""
+    while True:
+        try:
+            chunk = recv()
+        except stop_errors:
+            break
+        if not chunk:
+            break
+        now = time.monotonic()
+        buf += chunk
+        *complete, buf = buf.split(b"\n")
+        for raw in complete:
+            line = SerialLine(now, raw.decode(errors="replace").rstrip("\r"))
+            log.write(f"[{now - t0:10.3f}] {line.text}\n")
+            with cond:
+                lines.append(line)
+                cond.notify_all()
+            if on_line is not None:
+                on_line(line)
+    return buf
+
+
 def wait_for_line(
     lines: list[SerialLine],
     cond: threading.Condition,
@@ -322,27 +356,11 @@ class QemuVM:
 
     # -- serial ----------------------------------------------------------------------------------------------
     def _read_serial(self, sock: socket.socket) -> None:
-        buf = b""
+        assert self.started_at is not None  # set by start() before this thread runs
         with open(self.serial_log, "w", buffering=1) as log, sock:
-            while True:
-                try:
-                    chunk = sock.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                now = time.monotonic()
-                buf += chunk
-                *complete, buf = buf.split(b"\n")
-                for raw in complete:
-                    text = raw.decode(errors="replace").rstrip("\r")
-                    line = SerialLine(now, text)
-                    log.write(f"[{now - (self.started_at or now):10.3f}] {text}\n")
-                    with self._lines_cond:
-                        self.lines.append(line)
-                        self._lines_cond.notify_all()
-                    if self.on_line is not None:
-                        self.on_line(line)
+            buf = pump_lines(
+                lambda: sock.recv(65536), (OSError,), log, self.started_at, self.lines, self._lines_cond, self.on_line
+            )
             if buf:
                 log.write(buf.decode(errors="replace") + "\n")
         with self._lines_cond:

@@ -51,11 +51,12 @@ from workbench.lab.cycle import (
     record_cycle,
 )
 from workbench.lab.inventory import Inventory, LabHost, resolve_hosts
-from workbench.lab.qemu import SerialLine, wait_for_line
+from workbench.lab.qemu import SerialLine, pump_lines, wait_for_line
 from workbench.records import RecordStore, open_store
 
 __all__ = [
     "SshTargetError",
+    "failure_result",
     "PreconditionFailed",
     "ThisMachineRefused",
     "SshChannelSource",
@@ -277,26 +278,16 @@ class SshChannelSource:
         self._reader.start()
 
     def _read(self) -> None:
-        buf = b""
         with open(self.log, "a", buffering=1) as log:
-            while True:
-                try:
-                    chunk = self.chan.recv(65536)
-                except (OSError, EOFError, paramiko.SSHException):
-                    break
-                if not chunk:
-                    break
-                now = time.monotonic()
-                buf += chunk
-                *complete, buf = buf.split(b"\n")
-                for raw in complete:
-                    line = SerialLine(now, raw.decode(errors="replace").rstrip("\r"))
-                    log.write(f"[{now - self.t0:10.3f}] {line.text}\n")
-                    with self._cond:
-                        self.lines.append(line)
-                        self._cond.notify_all()
-                    if self.on_line is not None:
-                        self.on_line(line)
+            buf = pump_lines(
+                lambda: self.chan.recv(65536),
+                (OSError, EOFError, paramiko.SSHException),
+                log,
+                self.t0,
+                self.lines,
+                self._cond,
+                self.on_line,
+            )
             if buf:
                 log.write(f"[{time.monotonic() - self.t0:10.3f}] {buf.decode(errors='replace')}\n")
         with self._cond:
@@ -1016,6 +1007,23 @@ def _check_params(params: CycleParams) -> None:
         )
 
 
+def failure_result(host_name: str, exc: CycleFailed) -> dict[str, Any]:
+    """What ``--json`` prints for a host whose cycle failed: where, why, its record and agent log, and for a
+    refused host the preconditions it misses."""
+    out = {
+        "host": host_name,
+        "target": f"ssh:{host_name}",
+        "verified": False,
+        "error": str(exc),
+        "failed_phase": exc.phase,
+        "record_id": exc.record_id,
+        "agent_log": str(exc.serial_log) if exc.serial_log else None,
+    }
+    if isinstance(exc, PreconditionFailed):
+        out["missing"] = exc.missing
+    return out
+
+
 def run_ssh_cycle(
     host: LabHost | str,
     params: CycleParams | None = None,
@@ -1090,18 +1098,7 @@ def run_ssh_cycles(
                 allow_this_machine=allow_this_machine,
             )
         except CycleFailed as exc:
-            out = {
-                "host": host.name,
-                "target": f"ssh:{host.name}",
-                "verified": False,
-                "error": str(exc),
-                "failed_phase": exc.phase,
-                "record_id": exc.record_id,
-                "agent_log": str(exc.serial_log) if exc.serial_log else None,
-            }
-            if isinstance(exc, PreconditionFailed):
-                out["missing"] = exc.missing
-            return out
+            return failure_result(host.name, exc)
         except CycleCancelled:
             return {"host": host.name, "target": f"ssh:{host.name}", "verified": False, "error": "cancelled"}
         except Exception as exc:  # noqa: BLE001 (one host's bug must not hide the others' results)
