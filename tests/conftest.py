@@ -169,26 +169,25 @@ def _collect(phase: str, vm, kernel, out: Inspection, data_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def inspection(lab_kernel, tmp_path_factory) -> Inspection:
     """Runs the shared cycle (one VM boot) and returns what was inspected at each pause."""
-    from workbench.lab.cycle import CycleParams, run_cycle
+    from workbench.lab.cycle import run_cycle
+    from workbench.lab.errors import CycleFailed
+    from workbench.lab.params import CycleParams
+    from workbench.lab.qemu_target import QemuTarget
+    from workbench.lab.workloads.memfd import MemfdWorkload
     from workbench.records import RecordStore
 
     root = tmp_path_factory.mktemp("inspect-cycle")
     out = Inspection()
-    params = CycleParams(
-        memfds=1,
-        memfd_size=MEMFD_SIZE,
-        tokens=TOKENS,
-        ram_file=True,
-        pause_after=["prepare", "preserve", "restore"],
-        dump_after=["preserve"],
-    )
-    from workbench.lab.cycle import CycleFailed
+    workload = MemfdWorkload(memfds=1, memfd_size=MEMFD_SIZE, tokens=TOKENS)
+    params = CycleParams(pause_after=["prepare", "preserve", "restore"])
+    target = QemuTarget(lab_kernel, ram_file=True, dump_after=["preserve"])
 
     for attempt in (1, 2):
         try:
             out.result = run_cycle(
+                workload,
                 params,
-                kernel=lab_kernel,
+                target=target,
                 store=RecordStore(root / "data"),
                 on_pause=lambda phase, vm, out=out: _collect(phase, vm, lab_kernel, out, root / "cli-data"),
             )

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from workbench.records import CorruptRecord, RecordStore, RecordStoreError, RunNotFound
+from workbench.records import CorruptRecord, RecordStore, RecordStoreError, RunNotFound, write_json_atomic
 
 
 @pytest.fixture
@@ -198,6 +198,18 @@ def test_damaged_table_blob_is_a_clear_error(store):
     db.close()
     with pytest.raises(CorruptRecord, match="damaged"):
         RecordStore(store.data_dir).table(run.id, "t")
+
+
+def test_json_result_file_is_written_whole_or_not_at_all(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "new" / "result.json"
+    assert write_json_atomic(path, {"n": np.int64(3), "where": tmp_path, "pair": (1, 2)}) == path
+    assert json.loads(path.read_text()) == {"n": 3, "where": str(tmp_path), "pair": [1, 2]}
+    with pytest.raises(TypeError, match="object is not JSON serialisable"):
+        write_json_atomic(path, {"n": 4, "bad": object()})
+    assert json.loads(path.read_text())["n"] == 3  # the old file is untouched
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]  # and no temporary file is left
 
 
 def test_data_dir_from_environment(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import traceback
@@ -42,6 +43,7 @@ __all__ = [
     "CorruptRecord",
     "default_data_dir",
     "open_store",
+    "write_json_atomic",
     "STATUSES",
 ]
 
@@ -136,6 +138,26 @@ def _json_default(obj: Any) -> Any:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Writes ``obj`` as indented JSON to ``path`` (its folder created if needed) through a temporary file and a
+    rename: a reader sees the old file or the new one, never half of it. NumPy scalars, paths, sets and tuples are
+    written as JSON values. Returns the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass

@@ -6,7 +6,7 @@ include 0 and 2**64-1, and captures guest physical memory three times:
 * ``ram-preserve``: in the pause after preserve (guest stopped through QMP for the copy);
 * ``ram-kexec`` (+ an ELF vmcore of the same moment): the guest stopped by QEMU's gdbstub at ``machine_kexec``,
   after ``liveupdate_reboot()`` has serialized sessions and FLBs, before the jump (see
-  :mod:`workbench.abi.capture`);
+  :mod:`workbench.lab.capture`);
 * ``ram-restore``: in the new kernel, in the pause after the agent retrieved the session.
 
 The agent's own records are the reference: the tokens and session name it used, ``frames-before.npy``
@@ -28,19 +28,13 @@ import pytest
 
 from workbench.abi import ElfVmcore, Handover, PhysicalMemory, RawRamFile, decode_fdt_blob, decode_handover
 from workbench.abi.block import BLOCK_HEADER_SIZE, encode_block_list, entries_per_block, read_block_list
-from workbench.abi.capture import (
-    KexecCapture,
-    KexecSnapshot,
-    compare_with_encoders,
-    elf_symbols,
-    gdbstub_qemu_args,
-    short_socket_dir,
-    snapshot_live,
-)
+from workbench.abi.encoder_check import compare_with_encoders
 from workbench.abi.fdt import decode_kho_fdt, find_kho_fdts, read_fdt_blob
 from workbench.abi.luo import FILE_SER_SIZE, SESSION_SER_SIZE, LuoFile
 from workbench.abi.memfd import MEMFD_LUO_FH_COMPATIBLE, decode_memfd
 from workbench.abi.physmem import PAGE_SIZE
+from workbench.elf import ElfFile
+from workbench.lab.capture import KexecCapture, KexecSnapshot, gdbstub_qemu_args, short_socket_dir, snapshot_live
 
 pytestmark = pytest.mark.lab
 
@@ -72,7 +66,10 @@ class Proof:
 
 @pytest.fixture(scope="module")
 def proof(lab_kernel, tmp_path_factory):
-    from workbench.lab.cycle import CycleParams, run_cycle
+    from workbench.lab.cycle import run_cycle
+    from workbench.lab.params import CycleParams
+    from workbench.lab.qemu_target import QemuTarget
+    from workbench.lab.workloads.memfd import MemfdWorkload
     from workbench.records import RecordStore
 
     assert len(SESSION.encode()) == 63 and len(set(TOKENS)) == MEMFDS
@@ -91,26 +88,23 @@ def proof(lab_kernel, tmp_path_factory):
             state["kexec_done"] = state["capture"].done
             snapshot_live(vm, vm.workdir / "ram-restore", elf=vm.workdir / "ram-restore.elf")
 
-    params = CycleParams(
-        memfds=MEMFDS,
-        memfd_size=MEMFD_SIZE,
-        session=SESSION,
-        tokens=TOKENS,
-        seed=SEED,
-        pause_after=["preserve", "restore"],
+    workload = MemfdWorkload(memfds=MEMFDS, memfd_size=MEMFD_SIZE, tokens=TOKENS, seed=SEED)
+    target = QemuTarget(
+        lab_kernel,
         ram_file=True,
         qemu_args=gdbstub_qemu_args(gdb_socket),
         # TCG on a loaded host: the IO-APIC timer check of a booting kernel can miss its ticks and panic.
         kernel_args="no_timer_check",
     )
+    params = CycleParams(session=SESSION, pause_after=["preserve", "restore"])
     try:
-        result = run_cycle(params, kernel=lab_kernel, store=store, on_pause=on_pause)
+        result = run_cycle(workload, params, target=target, store=store, on_pause=on_pause)
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     snapshot = state["capture"].result(timeout=60)
     run_dir = Path(result["run_dir"])
     guest = run_dir / "guest"
-    memory_mb = params.resolved_memory_mb()
+    memory_mb = target.memory_for(workload)
     mems = {
         name: RawRamFile(run_dir / name, ram_size=memory_mb << 20)
         for name in ("ram-preserve", "ram-kexec", "ram-restore")
@@ -150,7 +144,7 @@ def _pages(mem: PhysicalMemory, pfns) -> np.ndarray:
 
 
 def _pattern(memfd_index: int) -> np.ndarray:
-    from workbench.lab.agent import fill_pattern
+    from workbench.lab.agent_core import fill_pattern
 
     buf = bytearray(MEMFD_SIZE)
     fill_pattern(buf, memfd_index, SEED)
@@ -172,7 +166,8 @@ def test_the_cycle_verified_and_the_guest_stopped_at_machine_kexec(proof):
     assert proof.result["pages_checked"] == MEMFDS * MEMFD_SIZE // PAGE_SIZE
     assert proof.result["session"] == SESSION
     snap = proof.kexec
-    symbols = elf_symbols(proof.vmlinux, ["machine_kexec"])
+    with ElfFile(proof.vmlinux) as vmlinux:
+        symbols = vmlinux.symbols(["machine_kexec"])
     assert snap.function == "machine_kexec"
     assert snap.rip == snap.address == symbols["machine_kexec"] + snap.slide
     assert snap.slide % 0x200000 == 0

@@ -282,3 +282,24 @@ def test_cli_refuses_an_unknown_strategy(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "unknown strategies" in result.output
+
+
+def test_first_touch_and_memcpy_seconds_time_this_machine():
+    seconds, all_huge = conversion.first_touch_seconds(4 << 20, threads=THREADS[-1])
+    assert seconds > 0 and all_huge is False  # advised against transparent huge pages
+    huge_seconds, _ = conversion.first_touch_seconds(4 << 20, huge=True)
+    assert huge_seconds > 0
+    assert conversion.memcpy_seconds(4 << 20, threads=THREADS[-1]) > 0
+
+
+def test_memcpy_seconds_checks_the_copy(monkeypatch):
+    monkeypatch.setattr(conversion, "_parallel_copy", lambda dst, src: None)
+    with pytest.raises(RuntimeError, match="wrong bytes"):
+        conversion.memcpy_seconds(1 << 20)
+
+
+def test_rate_measurements_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="multiple of"):
+        conversion.first_touch_seconds(PAGE_SIZE + 1)
+    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+        conversion.memcpy_seconds(PAGE_SIZE, threads=0)

@@ -6,7 +6,12 @@ import sys
 
 import pytest
 
-from workbench.lab.cycle import CycleFailed, CycleParams, run_cycle
+from workbench.lab.cycle import run_cycle
+from workbench.lab.errors import CycleFailed
+from workbench.lab.faults import Faults, PageRef
+from workbench.lab.params import CycleParams
+from workbench.lab.qemu_target import QemuTarget
+from workbench.lab.workloads.memfd import MemfdWorkload
 
 pytestmark = pytest.mark.lab
 
@@ -55,16 +60,16 @@ def test_cycle_64m_verifies_through_the_cli(lab_kernel, tmp_path):
 
 
 def test_corrupted_page_is_reported_never_verified(lab_kernel, store):
-    params = CycleParams(memfds=2, memfd_size=SMALL, faults={"corrupt_page": {"memfd": 1, "page": 77}})
-    result = run_cycle(params, kernel=lab_kernel, store=store)
+    params = CycleParams(faults=Faults(corrupt_page=PageRef(memfd=1, page=77)))
+    result = run_cycle(MemfdWorkload(memfds=2, memfd_size=SMALL), params, target=QemuTarget(lab_kernel), store=store)
     assert result["verified"] is False
     assert result["differing_pages"] == {"1": [77]}
     assert store.get(result["record_id"]).status == "failed"
 
 
 def test_memfd_changed_after_preservation_is_refused_or_caught(lab_kernel, store):
-    params = CycleParams(memfds=1, memfd_size=SMALL, faults={"modify_after_preserve": {"memfd": 0, "page": 3}})
-    result = run_cycle(params, kernel=lab_kernel, store=store)
+    params = CycleParams(faults=Faults(modify_after_preserve=PageRef(memfd=0, page=3)))
+    result = run_cycle(MemfdWorkload(memfds=1, memfd_size=SMALL), params, target=QemuTarget(lab_kernel), store=store)
     outcome = result["modify_after_preserve"]
     if "written" in outcome.values():
         assert result["verified"] is False and result["differing_pages"] == {"0": [3]}
@@ -74,7 +79,7 @@ def test_memfd_changed_after_preservation_is_refused_or_caught(lab_kernel, store
 
 def test_reused_token_fails_in_preserve_before_any_kexec(lab_kernel, store):
     with pytest.raises(CycleFailed) as info:
-        run_cycle(CycleParams(memfds=2, memfd_size=SMALL, tokens=[7, 7]), kernel=lab_kernel, store=store)
+        run_cycle(MemfdWorkload(memfds=2, memfd_size=SMALL, tokens=[7, 7]), target=QemuTarget(lab_kernel), store=store)
     assert info.value.phase == "preserve"
     assert "token 7" in str(info.value)
     serial = info.value.serial_log.read_text()
@@ -84,16 +89,18 @@ def test_reused_token_fails_in_preserve_before_any_kexec(lab_kernel, store):
 
 def test_kernel_booted_without_live_update_fails_clearly_before_kexec(lab_kernel, store):
     with pytest.raises(CycleFailed) as info:
-        run_cycle(CycleParams(memfds=1, memfd_size=SMALL, live_update=False), kernel=lab_kernel, store=store)
+        run_cycle(
+            MemfdWorkload(memfds=1, memfd_size=SMALL), target=QemuTarget(lab_kernel, live_update=False), store=store
+        )
     assert info.value.phase == "prepare"
     assert "/dev/liveupdate" in str(info.value) or "liveupdate" in str(info.value).lower()
     assert "WB-MARK kexec" not in info.value.serial_log.read_text()
 
 
 def test_target_that_never_comes_back_times_out_and_is_recorded(lab_kernel, store):
-    params = CycleParams(memfds=1, memfd_size=SMALL, faults={"next_boot_hangs": True}, return_timeout_s=45)
+    params = CycleParams(faults=Faults(next_boot_hangs=True), return_timeout_s=45)
     with pytest.raises(CycleFailed) as info:
-        run_cycle(params, kernel=lab_kernel, store=store)
+        run_cycle(MemfdWorkload(memfds=1, memfd_size=SMALL), params, target=QemuTarget(lab_kernel), store=store)
     assert info.value.phase == "kexec"
     assert "did not come back" in str(info.value)
     record = store.get(info.value.record_id)

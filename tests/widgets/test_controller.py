@@ -7,7 +7,8 @@ import time
 import pandas as pd
 import pytest
 
-from workbench.lab.cycle import CycleParams
+from workbench.lab.qemu_target import QemuTarget
+from workbench.lab.workloads.memfd import MemfdWorkload
 from workbench.widgets.controller import CycleController, RecordsController
 
 
@@ -16,10 +17,10 @@ def test_controller_runs_a_cycle_without_blocking_and_reports_phases(lab_kernel,
     seen = []
     controller = CycleController(store)
     controller.observe(lambda c, what: seen.append((what, c.state)))
-    controller.start(CycleParams(memfds=1, memfd_size=4 << 20), kernel=lab_kernel)
+    controller.start(MemfdWorkload(memfds=1, memfd_size=4 << 20), target=QemuTarget(lab_kernel))
     assert controller.running  # start() returned while the cycle runs
     with pytest.raises(RuntimeError, match="already running"):
-        controller.start(CycleParams(memfds=1, memfd_size=4 << 20), kernel=lab_kernel)
+        controller.start(MemfdWorkload(memfds=1, memfd_size=4 << 20), target=QemuTarget(lab_kernel))
     assert controller.wait(1800) == "done"
     assert controller.result["verified"] is True
     assert all(controller.phases[p].status == "done" for p in ("prepare", "preserve", "kexec", "restore", "verify"))
@@ -34,7 +35,7 @@ def test_cancel_tears_the_vm_down_and_records_interrupted(lab_kernel, store):
     controller = CycleController(store)
     booted = threading.Event()
     controller.observe(lambda c, what: booted.set() if c.phases["prepare"].status != "pending" else None)
-    controller.start(CycleParams(memfds=1, memfd_size=64 << 20), kernel=lab_kernel)
+    controller.start(MemfdWorkload(memfds=1, memfd_size=64 << 20), target=QemuTarget(lab_kernel))
     assert booted.wait(600), "the agent never started"
     controller.cancel()
     assert controller.wait(120) == "cancelled"

@@ -22,12 +22,13 @@ def test_cycle_panel_has_a_bar_per_phase_and_refuses_bad_sizes(store):
 
 def test_cycle_panel_converts_anonymous_memory_only_when_asked(store):
     panel = CyclePanel(store=store)
-    assert panel.params().convert == [] and panel.rows["convert"].layout.display == "none"
+    assert panel.workload().name == "memfd" and panel.rows["convert"].layout.display == "none"
     panel.convert.value = "vmsplice-splice"
     assert panel.rows["convert"].layout.display == ""
-    params = panel.params()
-    assert params.convert == ["vmsplice-splice"] and params.phases_before_load() == ("prepare", "convert", "preserve")
-    params.validate()
+    workload = panel.workload()
+    assert workload.name == "converted" and workload.convert == ["vmsplice-splice"]
+    assert workload.phases_before_kexec == ("prepare", "convert", "preserve", "load")
+    workload.validate()
 
 
 def test_cycle_panel_reflects_controller_phases(store):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from workbench.abi.errors import AddressNotInMemory, IncompatibleFormat, MalformedData, TruncatedData
+from workbench.elf import PT_LOAD, ElfError, ElfFile, NotElf, TruncatedElf
 
 __all__ = [
     "PAGE_SIZE",
@@ -297,61 +298,30 @@ class RawRamFile(_MappedFile):
         super().__init__(path, ranges)
 
 
-_ELF_MAGIC = b"\x7fELF"
-_PT_LOAD = 1
-_PN_XNUM = 0xFFFF
-
-
 class ElfVmcore(_MappedFile):
     """An ELF core file such as QEMU's ``dump-guest-memory`` writes: each ``PT_LOAD`` maps ``p_paddr`` to
-    ``p_offset`` for ``p_filesz`` bytes (the part of ``p_memsz`` beyond ``p_filesz`` is not readable here)."""
+    ``p_offset`` for ``p_filesz`` bytes (the part of ``p_memsz`` beyond ``p_filesz`` is not readable here).
+
+    :raises IncompatibleFormat: not an ELF file
+    :raises TruncatedData: a header, or a segment, lies past the end of the file
+    :raises MalformedData: a program header table no ELF file has
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__(path, self._load_segments(Path(path)))
 
     @staticmethod
     def _load_segments(path: Path) -> list[MemoryRange]:
-        with open(path, "rb") as f:
-            ident = f.read(16)
-            if len(ident) < 16 or ident[:4] != _ELF_MAGIC:
-                raise IncompatibleFormat(f"{path} is not an ELF file (magic {ident[:4]!r})", 0)
-            elf_class, data = ident[4], ident[5]
-            if elf_class not in (1, 2) or data not in (1, 2):
-                raise IncompatibleFormat(f"{path}: unknown ELF class {elf_class} or data encoding {data}", 0)
-            bo = "<" if data == 1 else ">"
-            is64 = elf_class == 2
-            header = f.read(48 if is64 else 36)
-            if is64:
-                phoff, shoff = struct.unpack_from(bo + "QQ", header, 16)
-                phentsize, phnum, shentsize = struct.unpack_from(bo + "HHH", header, 38)
-                ph_format, ph_size = bo + "IIQQQQQQ", 56
-            else:
-                phoff, shoff = struct.unpack_from(bo + "II", header, 12)
-                phentsize, phnum, shentsize = struct.unpack_from(bo + "HHH", header, 26)
-                ph_format, ph_size = bo + "IIIIIIII", 32
-            if phnum == _PN_XNUM:
-                # The real count is in sh_info of section header 0 when there are too many segments.
-                f.seek(shoff + (44 if is64 else 28))
-                raw = f.read(4)
-                if len(raw) < 4:
-                    raise TruncatedData(f"{path}: section header 0 (segment count) is cut off", 0)
-                (phnum,) = struct.unpack(bo + "I", raw)
-            if phnum and phentsize < ph_size:
-                raise MalformedData(f"{path}: program header entries of {phentsize} bytes are too small", 0)
-            f.seek(phoff)
-            table = f.read(phnum * phentsize)
-            if len(table) < phnum * phentsize:
-                raise TruncatedData(f"{path}: program header table at file offset {phoff:#x} is cut off", 0)
-        ranges = []
-        for i in range(phnum):
-            fields = struct.unpack_from(ph_format, table, i * phentsize)
-            if is64:
-                p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, _memsz, _align = fields
-            else:
-                p_type, p_offset, _vaddr, p_paddr, p_filesz, _memsz, _flags, _align = fields
-            if p_type == _PT_LOAD and p_filesz:
-                ranges.append(MemoryRange(p_paddr, p_filesz, p_offset))
-        return ranges
+        try:
+            with ElfFile(path) as elf:
+                segments = elf.program_headers()
+        except NotElf as exc:
+            raise IncompatibleFormat(str(exc), 0) from None
+        except TruncatedElf as exc:
+            raise TruncatedData(str(exc), 0) from None
+        except ElfError as exc:
+            raise MalformedData(str(exc), 0) from None
+        return [MemoryRange(p.paddr, p.filesz, p.offset) for p in segments if p.type == PT_LOAD and p.filesz]
 
 
 class DrgnMemory(PhysicalMemory):

@@ -57,7 +57,7 @@ def decode(ram, ram_size, vmcore, fdt_phys, fdt_file, no_memory_map, lenient, ch
     """Decodes the handover in a memory image: KHO FDT, preserved folios, LUO sessions and files, memfds.
 
     A dump taken before the kexec reboot has no sessions yet (LUO serializes them in the reboot path); one taken
-    at machine_kexec (workbench.abi.capture) has everything.
+    at machine_kexec (workbench.lab.capture) has everything.
     """
     from workbench.abi import AbiError, AmbiguousHandover, ElfVmcore, RawRamFile, decode_fdt_blob, decode_handover
     from workbench.cli.output import emit_frame, emit_json, fail
@@ -82,7 +82,7 @@ def decode(ram, ram_size, vmcore, fdt_phys, fdt_file, no_memory_map, lenient, ch
         report = _report(handover)
         encoders = None
         if check_encoders:
-            from workbench.abi.capture import compare_with_encoders
+            from workbench.abi.encoder_check import compare_with_encoders
 
             try:
                 encoders = compare_with_encoders(handover, mem)

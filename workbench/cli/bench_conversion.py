@@ -180,7 +180,7 @@ _VM_COLUMNS = [
 
 
 def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str, Any]:
-    """The JSON summary of :func:`~workbench.lab.guest_conversion.bench_in_vm`: per strategy (largest size, its
+    """The JSON summary of :func:`~workbench.lab.conversion_bench.bench_in_vm`: per strategy (largest size, its
     fastest thread count) the conversion rate, ``ratio_to_memcpy`` against the guest's memcpy measured in the same
     boot, and the end-to-end time to a verified memfd after the kexec; the guest's limits; every row."""
     strategies: dict[str, Any] = {}
@@ -207,7 +207,7 @@ def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str,
 
 def _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output) -> None:
     from workbench.kernels.conversion import STRATEGIES
-    from workbench.lab.guest_conversion import VM_SKIPPED, bench_in_vm
+    from workbench.lab.conversion_bench import VM_SKIPPED, bench_in_vm
     from workbench.records import open_store
 
     chosen = list(strategies or [name for name in STRATEGIES if name not in VM_SKIPPED])

@@ -38,7 +38,7 @@ def _gather_points(run, from_records: bool, sizes, threads, repeats):
     (which cannot be measured here without booting the lab VM)."""
     import pandas as pd
 
-    from workbench.kernels.blackout_model import POINT_COLUMNS, measure_points, points_from_records
+    from workbench.kernels.blackout import POINT_COLUMNS, measure_points, points_from_records
 
     stored = points_from_records(run.store)
     if from_records:
@@ -105,7 +105,7 @@ def model_cmd(
     """Fits the blackout model (conversion, preserve, kexec, boot with KHO, restore) to measured points, reports
     its error on held-out sizes, the speed-up of the numba sweep over the plain-Python reference, and predicted
     blackouts for 1, 2 and 4 TiB hosts with 4 KiB, 2 MiB and 1 GiB folios."""
-    from workbench.kernels.blackout_model import (
+    from workbench.kernels.blackout import (
         blackout_phases,
         compare_speed,
         evaluate,

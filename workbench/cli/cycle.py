@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
-from workbench.cli.common import SIZE, data_option, json_option, output_option, write_json_atomic
+from workbench.cli.common import SIZE, data_option, json_option, output_option
 from workbench.cli.output import emit_json, fail
+from workbench.records import write_json_atomic
 
 
 @click.command("cycle")
@@ -140,186 +142,190 @@ def cycle(
     output,
 ) -> None:
     """Preserve memfds in a LUO session, kexec, restore them and verify every page; recorded as lab.cycle."""
-    from workbench.lab.cycle import CycleFailed, CycleParams, run_cycle
-    from workbench.lab.kernel import KernelBuildError, KernelWithoutLiveUpdate
+    from workbench.lab.cycle import run_cycle, run_cycles
+    from workbench.lab.errors import CycleFailed, InvalidCycle, KernelBuildError, KernelWithoutLiveUpdate
+    from workbench.lab.params import CycleParams
+    from workbench.lab.target import parse_targets, target_class
+    from workbench.lab.workload import make_workload
     from workbench.records import open_store
 
-    if target != "qemu" and not target.startswith("ssh:"):
-        fail(f"unknown target {target!r}: use qemu or ssh:HOST[,HOST...]")
-    if target == "qemu" and (dry_run or allow_this_machine or ssh_key or known_hosts or next_initrd or results_dir):
-        fail(
-            "--dry-run, --ssh-key, --known-hosts, --next-initrd, --results-dir and "
-            "--i-really-want-to-kexec-this-machine are for ssh: targets",
-            2,
-        )
-    params = CycleParams(
-        memfds=memfds,
-        memfd_size=memfd_size,
-        session=session,
-        tokens=list(tokens) if tokens else None,
-        seed=seed,
-        memory_mb=memory // (1 << 20) if memory else None,
-        cpus=cpus,
-        next_kernel=next_kernel,
-        next_config=next_config,
-        kho_scratch=kho_scratch,
-        kernel_args=kernel_args,
-        dump_after=list(dump_after),
-        dump_format=dump_format,
-        timeout_s=timeout_s,
-        return_timeout_s=return_timeout_s,
-        workload=workload,
-        anon_size=anon_size,
-        memfd_region=memfd_region,
-        region_kind=region_kind,
-        images=images,
-        criu=criu_path,
-        criu_kdat=criu_kdat,
-        lazy_pages=lazy_pages,
-        convert=[s.strip() for s in convert.split(",")] if convert else [],
-        convert_copier=convert_copier,
-        convert_threads=convert_threads,
-        pipe_size=pipe_size,
-    )
-    if workload == "criu" and target != "qemu":
-        fail("--workload criu runs on the qemu target only", 2)
-    if target.startswith("ssh:"):
-        _run_ssh_targets(
-            target[4:],
-            params,
-            data_dir=data_dir,
-            inventory=inventory,
-            overrides={
-                "key": ssh_key,
-                "known_hosts": known_hosts,
-                "next_initrd": next_initrd,
-                "results_dir": results_dir,
-            },
-            dry_run=dry_run,
-            allow_this_machine=allow_this_machine,
-            as_json=as_json,
-            output=output,
-        )
-        return
-    progress = None
-    if not as_json:
-
-        def progress(event):
-            if event.kind == "phase" and event.status == "end":
-                secs = f" {event.seconds:.3f} s" if event.seconds is not None else ""
-                click.echo(f"  {event.name} done{secs}", err=True)
-            elif event.kind == "state":
-                click.echo(f"[{event.name}] {event.text}".rstrip(), err=True)
-
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    values = {
+        "memfds": memfds,
+        "memfd_size": memfd_size,
+        "tokens": list(tokens),
+        "seed": seed,
+        "anon_size": anon_size,
+        "memfd_region": memfd_region,
+        "region_kind": region_kind,
+        "images": images,
+        "criu": criu_path,
+        "criu_kdat": criu_kdat,
+        "lazy_pages": lazy_pages,
+        "convert": [s.strip() for s in convert.split(",")] if convert else [],
+        "convert_copier": convert_copier,
+        "convert_threads": convert_threads,
+        "pipe_size": pipe_size,
+        "memory_mb": memory // (1 << 20) if memory else None,
+        "cpus": cpus,
+        "kho_scratch": kho_scratch,
+        "kernel_args": kernel_args,
+        "dump_after": list(dump_after),
+        "dump_format": dump_format,
+        "inventory": inventory,
+        "key": ssh_key,
+        "known_hosts": known_hosts,
+        "next_initrd": next_initrd,
+        "results_dir": results_dir,
+        "dry_run": dry_run,
+        "allow_this_machine": allow_this_machine,
+    }
+    if workload == "memfd" and convert:
+        workload = "converted"  # --convert fills the memfd workload's memfds from anonymous memory
     try:
-        result = run_cycle(params, store=open_store(data_dir), on_event=progress)
-    except (ValueError, FileNotFoundError, KernelWithoutLiveUpdate, KernelBuildError) as exc:
-        fail(str(exc), 2)
-    except CycleFailed as exc:
-        if as_json:
-            emit_json(
-                {
-                    "verified": False,
-                    "error": str(exc),
-                    "failed_phase": exc.phase,
-                    "serial_log": str(exc.serial_log),
-                    "record_id": exc.record_id,
-                }
+        chosen = make_workload(workload, **{k: values[k] for k in _WORKLOAD_FLAGS.get(workload, ()) if _set(k, given)})
+        accepted = target_class(target.split(":")[0]).option_names()
+        foreign = [k for k in _TARGET_FLAGS if _set(k, given) and k not in accepted]
+        if foreign:
+            raise InvalidCycle(
+                f"{', '.join(_flag(k) for k in foreign)} {'is' if len(foreign) == 1 else 'are'} not for the "
+                f"{target.split(':')[0]} target"
             )
-        fail(f"{exc} (record {exc.record_id})")
-    if output:
-        write_json_atomic(output, result)
-    if as_json:
-        emit_json(result)
-    else:
-        _echo_result(result, "", "host clock")
-    if not result["verified"]:
-        sys.exit(3)
-
-
-def _run_ssh_targets(
-    spec, params, *, data_dir, inventory, overrides, dry_run, allow_this_machine, as_json, output
-) -> None:
-    """``--target ssh:HOST[,HOST...]``: one host gives one result object (like qemu), several a list, one entry
-    per host in the order given; the exit status is non-zero if any host failed."""
-    from workbench.lab.cycle import CycleFailed
-    from workbench.lab.inventory import InventoryError, default_inventory_path, load_inventory, resolve_hosts
-    from workbench.lab.ssh import failure_result, run_ssh_cycle, run_ssh_cycles
-    from workbench.records import open_store
-
-    try:
-        inv = load_inventory(inventory or default_inventory_path(data_dir), missing_ok=inventory is None)
-        hosts = [h.replace(**overrides) for h in resolve_hosts(spec, inv)]
-    except InventoryError as exc:
+        targets = parse_targets(target, data_dir=data_dir, **{k: values[k] for k in _TARGET_FLAGS if _set(k, given)})
+        params = CycleParams(
+            session=session,
+            next_kernel=next_kernel,
+            next_config=next_config,
+            timeout_s=timeout_s,
+            return_timeout_s=return_timeout_s,
+        )
+        other = sorted(k for k in _ALL_WORKLOAD_FLAGS - set(_WORKLOAD_FLAGS.get(workload, ())) if _set(k, given))
+        if other:
+            raise InvalidCycle(
+                f"{', '.join(_flag(k) for k in other)} do{'es' if len(other) == 1 else ''} not apply to the "
+                f"{workload} workload"
+            )
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
     store = open_store(data_dir)
-    several = len(hosts) > 1
+    several = len(targets) > 1
 
-    def progress(host, event):
-        prefix = f"{host}: " if several else ""
+    def progress(label, event):
+        prefix = f"{label}: " if several else ""
         if event.kind == "phase" and event.status == "end":
             secs = f" {event.seconds:.3f} s" if event.seconds is not None else ""
             click.echo(f"  {prefix}{event.name} done{secs}", err=True)
         elif event.kind == "state":
             click.echo(f"{prefix}[{event.name}] {event.text}".rstrip(), err=True)
 
-    if not several:
-        host = hosts[0]
-        try:
-            result = run_ssh_cycle(
-                host,
-                params,
-                store=store,
-                on_event=None if as_json else (lambda e: progress(host.name, e)),
-                dry_run=dry_run,
-                allow_this_machine=allow_this_machine,
-            )
-        except ValueError as exc:
-            fail(str(exc), 2)
-        except CycleFailed as exc:
-            if as_json:
-                emit_json(failure_result(host.name, exc))
-            fail(f"{exc} (record {exc.record_id})")
-        results = [result]
-    else:
-        try:
-            results = run_ssh_cycles(
-                hosts,
-                params,
-                store=store,
-                on_event=None if as_json else progress,
-                dry_run=dry_run,
-                allow_this_machine=allow_this_machine,
-            )
-        except ValueError as exc:
-            fail(str(exc), 2)
+    try:
+        if several:
+            results = run_cycles(targets, chosen, params, store=store, on_event=None if as_json else progress)
+        else:
+            only = targets[0]
+            try:
+                results = [
+                    run_cycle(
+                        chosen,
+                        params,
+                        target=only,
+                        store=store,
+                        on_event=None if as_json else (lambda e: progress(only.label, e)),
+                    )
+                ]
+            except CycleFailed as exc:
+                if as_json:
+                    emit_json(only.failure_result(exc))
+                fail(f"{exc} (record {exc.record_id})")
+    except (ValueError, FileNotFoundError, KernelWithoutLiveUpdate, KernelBuildError) as exc:
+        fail(str(exc), 2)
+    out = results if several else results[0]
     if output:
-        write_json_atomic(output, results if several else results[0])
+        write_json_atomic(output, out)
     if as_json:
-        emit_json(results if several else results[0])
+        emit_json(out)
     else:
         for r in results:
-            _echo_ssh_result(r)
+            _echo_any(r)
     bad = [r for r in results if not (r.get("verified") or (r.get("dry_run") and "error" not in r))]
     if bad:
         failed = [r for r in bad if "error" in r]
         if failed and not as_json and several:
-            click.echo(f"{len(failed)} of {len(results)} hosts failed", err=True)
+            click.echo(f"{len(failed)} of {len(results)} targets failed", err=True)
         sys.exit(1 if failed else 3)
 
 
-def _echo_ssh_result(r: dict) -> None:
+#: the command line's options that are a workload's parameters, by workload (flag variable -> parameter)
+_WORKLOAD_FLAGS = {
+    "memfd": ("memfds", "memfd_size", "tokens", "seed"),
+    "converted": (
+        "memfds",
+        "memfd_size",
+        "tokens",
+        "seed",
+        "convert",
+        "convert_copier",
+        "convert_threads",
+        "pipe_size",
+    ),
+    "criu": ("anon_size", "memfd_region", "region_kind", "images", "criu", "criu_kdat", "lazy_pages", "seed"),
+}
+_ALL_WORKLOAD_FLAGS = {k for flags in _WORKLOAD_FLAGS.values() for k in flags}
+#: the command line's options that are a target's options (each target refuses those it does not have)
+_TARGET_FLAGS = (
+    "memory_mb",
+    "cpus",
+    "kho_scratch",
+    "kernel_args",
+    "dump_after",
+    "dump_format",
+    "inventory",
+    "key",
+    "known_hosts",
+    "next_initrd",
+    "results_dir",
+    "dry_run",
+    "allow_this_machine",
+)
+#: parameter -> the click parameter that sets it, where the names differ
+_SOURCE = {
+    "criu": "criu_path",
+    "memory_mb": "memory",
+    "key": "ssh_key",
+    "tokens": "tokens",
+}
+_FLAGS = {
+    "criu_path": "criu",
+    "memory": "memory",
+    "ssh_key": "ssh-key",
+    "allow_this_machine": "i-really-want-to-kexec-this-machine",
+}
+
+
+def _set(name: str, given: set[str]) -> bool:
+    return _SOURCE.get(name, name) in given
+
+
+def _flag(name: str) -> str:
+    source = _SOURCE.get(name, name)
+    return "--" + _FLAGS.get(source, source.replace("_", "-"))
+
+
+def _echo_any(r: dict) -> None:
+    """One target's outcome: a failure, a dry run, or a finished cycle."""
     host = r.get("host")
+    prefix = f"{host}: " if host else ""
     if "error" in r:
-        click.echo(f"{host}: FAILED in {r.get('failed_phase')}: {r['error']} (record {r.get('record_id')})")
+        click.echo(f"{prefix}FAILED in {r.get('failed_phase')}: {r['error']} (record {r.get('record_id')})")
         return
     if r.get("dry_run"):
         click.echo(
-            f"{host}: dry run OK: prepared, preserved and loaded {r['would_kexec']['kernel']}, then undid it "
+            f"{prefix}dry run OK: prepared, preserved and loaded {r['would_kexec']['kernel']}, then undid it "
             f"({', '.join(r['stood_down'].get('undone', []))}); record {r['record_id']}"
         )
         return
-    _echo_result(r, f"{host}: ", "host clock, kexec to first command")
+    _echo_result(r, prefix, "host clock, kexec to first command" if host else "host clock")
 
 
 def _echo_result(result: dict, prefix: str, blackout_clock: str) -> None:

@@ -11,7 +11,7 @@ import drgn
 import pandas as pd
 
 from workbench.inspect import kho, luo, memfd
-from workbench.inspect.program import program_info
+from workbench.inspect.debug_info import program_info
 
 __all__ = ["Snapshot", "snapshot"]
 

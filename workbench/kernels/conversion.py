@@ -9,7 +9,9 @@ source's, so a strategy that loses, misplaces or corrupts a page is reported as 
 The numbers are put beside the machine's limits, measured in the same run: the bandwidth of a plain copy
 between two prefaulted anonymous buffers (``memcpy_bytes_per_s``) and the rate at which the kernel hands out
 fresh pages (``fault_pages_per_s``). A conversion cannot beat the copy unless it moves no bytes at all, and a
-conversion into fresh memfd pages pays for the page allocation on top of the copy.
+conversion into fresh memfd pages pays for the page allocation on top of the copy. The same two rates at any
+thread count, and the first touch in transparent huge pages, are :func:`first_touch_seconds` and
+:func:`memcpy_seconds` (the host points of the blackout model).
 """
 
 from __future__ import annotations
@@ -69,9 +71,11 @@ __all__ = [
     "convert_vmsplice_splice",
     "convert_write",
     "default_thread_counts",
+    "first_touch_seconds",
     "make_source",
     "measure_limits",
     "measure_strategy",
+    "memcpy_seconds",
     "run_conversion",
     "thp_shmem_unavailable",
     "hugetlb_unavailable",
@@ -111,6 +115,7 @@ COLUMNS = [
 _SYSFS_THP = Path("/sys/kernel/mm/transparent_hugepage")
 _SYSFS_HUGETLB = Path("/sys/kernel/mm/hugepages")
 _COPY_BLOCK_WORDS = 1 << 13  # 64 KiB: the unit the numba threads share out
+_PMD_SIZE = 2 << 20  # a transparent huge page
 
 
 # --- numba kernels -------------------------------------------------------------------------------------------
@@ -136,6 +141,12 @@ def _parallel_copy(dst, src):
 def _touch_pages(data, page_size):
     for i in range(0, data.shape[0], page_size):
         data[i] = 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _touch_pages_parallel(data, page_size):
+    for p in numba.prange(data.shape[0] // page_size):
+        data[p * page_size] = 1
 
 
 def _compile_kernels() -> None:
@@ -734,6 +745,79 @@ def measure_limits(size: int, repeats: int = 3, threads: int = 1) -> dict[str, f
         "fault_pages_per_s_memfd_fallocate": fallocate_pages_per_s,
         "alloc_then_copy_bytes_per_s": 1 / (1 / (fallocate_pages_per_s * PAGE_SIZE) + 1 / memcpy_bytes_per_s),
     }
+
+
+def _aligned_anonymous(size: int, huge: bool) -> tuple[mmap.mmap, np.ndarray]:
+    """Fresh anonymous private memory: the mapping, and ``size`` bytes of it from a 2 MiB boundary, advised for
+    (``huge``) or against transparent huge pages; nothing touched yet. Drop the array before closing the mapping."""
+    mem = _anonymous_private(size + _PMD_SIZE)
+    mem.madvise(MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
+    data = np.frombuffer(mem, dtype=np.uint8)
+    start = (-data.ctypes.data) % _PMD_SIZE
+    return mem, data[start : start + size]
+
+
+def _anonymous_huge_bytes() -> int:
+    """Bytes of this process's anonymous memory in transparent huge pages."""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _prepare_rate_measurement(size: int, threads: int) -> None:
+    """Checks the arguments of a rate measurement and compiles its kernels, so that no compilation is timed."""
+    if size <= 0 or size % PAGE_SIZE:
+        raise ValueError(f"size {size} is not a positive multiple of {PAGE_SIZE}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise ValueError(f"threads {threads} must be between 1 and {limit} (NUMBA_NUM_THREADS)")
+    small = np.zeros(4 * PAGE_SIZE, dtype=np.uint8)
+    _touch_pages_parallel(small, PAGE_SIZE)
+    _parallel_copy(small.view(np.uint64), small.view(np.uint64).copy())
+
+
+def first_touch_seconds(size: int, threads: int = 1, huge: bool = False) -> tuple[float, bool]:
+    """Seconds for ``threads`` numba threads to touch every page of ``size`` bytes of fresh anonymous private
+    memory (the kernel allocating and zeroing each folio on its first fault), and whether all of it came in
+    transparent huge pages. ``huge`` advises the memory for transparent huge pages, otherwise against them;
+    ``size`` is a multiple of 4 KiB."""
+    _prepare_rate_measurement(size, threads)
+    mem, data = _aligned_anonymous(size, huge)
+    try:
+        huge_before = _anonymous_huge_bytes()
+        with numba_threads(threads):
+            start = time.perf_counter()
+            _touch_pages_parallel(data, PAGE_SIZE)
+            seconds = time.perf_counter() - start
+        return seconds, _anonymous_huge_bytes() - huge_before >= size
+    finally:
+        del data  # the mapping cannot close while an array points into it
+        mem.close()
+
+
+def memcpy_seconds(size: int, threads: int = 1) -> float:
+    """Seconds for ``threads`` numba threads to copy ``size`` bytes (a multiple of 4 KiB) between two prefaulted
+    anonymous buffers in 4 KiB pages: the floor of every conversion that moves bytes. Raises ``RuntimeError``
+    if the copy is wrong."""
+    _prepare_rate_measurement(size, threads)
+    src_mem, src = _aligned_anonymous(size, huge=False)
+    dst_mem, dst = _aligned_anonymous(size, huge=False)
+    try:
+        _fill_pattern(src.view(np.uint64))
+        dst[:] = 0
+        with numba_threads(threads):
+            start = time.perf_counter()
+            _parallel_copy(dst.view(np.uint64), src.view(np.uint64))
+            seconds = time.perf_counter() - start
+        if not np.array_equal(dst[::PAGE_SIZE], src[::PAGE_SIZE]):
+            raise RuntimeError("the memcpy measurement copied wrong bytes")
+        return seconds
+    finally:
+        del src, dst  # the mappings cannot close while arrays point into them
+        src_mem.close()
+        dst_mem.close()
 
 
 def _option_grid(strategy: Strategy, threads: Sequence[int], pipe_sizes: Sequence[int]) -> Iterator[Options]:

@@ -1,7 +1,7 @@
 """Blackout-model sweeps larger than one machine, on Dask distributed.
 
 The configuration arrays are cut into chunks; each worker evaluates its chunks with the same numba kernel as the
-single-process :func:`workbench.kernels.blackout_model.evaluate`, and the results are put back in order. Each
+single-process :func:`workbench.kernels.blackout.model.evaluate`, and the results are put back in order. Each
 configuration is computed independently of the others by the same compiled code, so the result is bitwise equal
 to the single-process run (checked by :func:`bitwise_equal`).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.kernels.blackout_model import Configs, Evaluation, ModelParams, blackout_mask, evaluate_packed
+from workbench.kernels.blackout.model import Configs, Evaluation, ModelParams, blackout_mask, evaluate_packed
 
 __all__ = ["sweep", "bitwise_equal", "chunk_bounds", "LOCAL"]
 
@@ -63,7 +63,7 @@ def sweep(
     mask: np.ndarray | None = None,
 ) -> Evaluation:
     """Evaluates ``configs`` on a Dask cluster and returns the same :class:`Evaluation` as
-    :func:`~workbench.kernels.blackout_model.evaluate` would.
+    :func:`~workbench.kernels.blackout.model.evaluate` would.
 
     ``scheduler``: ``None`` or ``"local"`` starts a local cluster of ``n_workers`` worker processes (one thread
     each) for this call and closes it afterwards; a string is the address of a running scheduler

@@ -1,5 +1,8 @@
-"""The lab: the lab kernel, the QEMU target, the agent that runs on targets, and the preserve → kexec → restore
-cycle. ``from workbench.lab import run_cycle, CycleParams`` is the entry point.
+"""The lab: lab kernels, targets (the QEMU VM on this machine, SSH hosts), workloads (memfds, converted memory,
+CRIU), the agent that runs on targets, and the preserve → kexec → restore cycle.
+
+``from workbench.lab import run_cycle, MemfdWorkload, QemuTarget, CycleParams`` is the entry point; the protocols
+for new workloads and targets are :mod:`workbench.lab.workload` and :mod:`workbench.lab.target`.
 
 Names are imported lazily: the agent imports ``workbench.lab.agent`` on the target, where nothing heavier than
 numpy should load."""
@@ -7,25 +10,45 @@ numpy should load."""
 import importlib
 
 __all__ = [
+    "ConvertedMemfdWorkload",
+    "CriuWorkload",
     "CycleCancelled",
     "CycleEvent",
     "CycleFailed",
     "CycleParams",
+    "Faults",
+    "LabError",
     "LabKernel",
+    "MemfdWorkload",
+    "PageRef",
+    "QemuTarget",
     "build_kernel",
     "cached_kernel",
+    "make_workload",
+    "parse_targets",
     "run_cycle",
+    "run_cycles",
 ]
 
 _HOME = {
-    "CycleCancelled": "workbench.lab.cycle",
-    "CycleEvent": "workbench.lab.cycle",
-    "CycleFailed": "workbench.lab.cycle",
-    "CycleParams": "workbench.lab.cycle",
-    "run_cycle": "workbench.lab.cycle",
+    "ConvertedMemfdWorkload": "workbench.lab.workloads.converted",
+    "CriuWorkload": "workbench.lab.workloads.criu",
+    "CycleCancelled": "workbench.lab.errors",
+    "CycleEvent": "workbench.lab.runner",
+    "CycleFailed": "workbench.lab.errors",
+    "CycleParams": "workbench.lab.params",
+    "Faults": "workbench.lab.faults",
+    "LabError": "workbench.lab.errors",
     "LabKernel": "workbench.lab.kernel",
+    "MemfdWorkload": "workbench.lab.workloads.memfd",
+    "PageRef": "workbench.lab.faults",
+    "QemuTarget": "workbench.lab.qemu_target",
     "build_kernel": "workbench.lab.kernel",
     "cached_kernel": "workbench.lab.kernel",
+    "make_workload": "workbench.lab.workload",
+    "parse_targets": "workbench.lab.target",
+    "run_cycle": "workbench.lab.cycle",
+    "run_cycles": "workbench.lab.cycle",
 }
 
 

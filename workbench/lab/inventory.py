@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.lab.errors import InventoryError
+
 __all__ = [
     "LabHost",
     "Inventory",
@@ -38,10 +40,6 @@ __all__ = [
 
 DEFAULT_RESULTS_DIR = "/var/tmp/workbench/{record_id}"
 HOST_KEY_POLICIES = ("reject", "accept-new")
-
-
-class InventoryError(ValueError):
-    """The inventory file or a host specification is wrong; the message says where."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +105,10 @@ def _check_entry(where: str, table: Any) -> dict[str, Any]:
         raise InventoryError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_SETTABLE))}")
     out = dict(table)
     for key in ("port",):
-        if key in out and (not isinstance(out[key], int) or not 0 < out[key] < 65536):
+        if key in out and (not isinstance(out[key], int) or isinstance(out[key], bool) or not 0 < out[key] < 65536):
             raise InventoryError(f"{where}: {key} must be a port number, not {out[key]!r}")
     for key in ("connect_timeout_s", "return_timeout_s"):
-        if key in out and not isinstance(out[key], int | float):
+        if key in out and (not isinstance(out[key], int | float) or isinstance(out[key], bool)):
             raise InventoryError(f"{where}: {key} must be a number of seconds, not {out[key]!r}")
     if "env" in out and not (isinstance(out["env"], dict) and all(isinstance(v, str) for v in out["env"].values())):
         raise InventoryError(f"{where}: env must be a table of strings")

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.lab.errors import KernelBuildError, KernelConfigError, KernelWithoutLiveUpdate
+
 __all__ = [
     "LabKernel",
     "KernelBuildError",
@@ -42,18 +44,6 @@ DEFAULT_SERIES = "7.2"
 # Object files a build of the default configuration compiles; only used to scale the progress bar.
 _EXPECTED_OBJECTS = 2900
 REQUIRED_FOR_CYCLE = ("CONFIG_KEXEC_FILE", "CONFIG_KEXEC_HANDOVER", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD")
-
-
-class KernelBuildError(RuntimeError):
-    """The lab kernel could not be fetched, configured or built; the message names the log to read."""
-
-
-class KernelConfigError(KernelBuildError):
-    """Options the fragment asks for did not survive ``olddefconfig``."""
-
-
-class KernelWithoutLiveUpdate(RuntimeError):
-    """A kernel lacks KHO/LUO: no cycle can run on it."""
 
 
 def cache_root() -> Path:

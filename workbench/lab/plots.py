@@ -93,7 +93,7 @@ _END_TO_END_PARTS = (
 def conversion_end_to_end(rows: pd.DataFrame) -> go.Figure:
     """Anonymous memory → a verified memfd after the kexec, one stacked bar per strategy: its conversion,
     preserve, the blackout every memfd of the cycle shares, retrieve and verify (``rows`` from
-    :func:`workbench.lab.guest_conversion.bench_in_vm`, one size)."""
+    :func:`workbench.lab.conversion_bench.bench_in_vm`, one size)."""
     labels = rows["strategy"] + " (" + rows["copier"] + ", " + rows["threads"].astype(str) + " thr)"
     fig = go.Figure()
     for column, phase, name in _END_TO_END_PARTS:

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VMConfig", "QemuVM", "QMPClient", "QMPError", "SerialLine", "qemu_binary", "qemu_version", "running_vms"]
+from workbench.lab.qmp import QMPClient
+
+__all__ = ["VMConfig", "QemuVM", "SerialLine", "qemu_binary", "qemu_version", "running_vms"]
 
 
 def qemu_binary() -> str:
@@ -174,49 +176,6 @@ def wait_for_line(
             if remaining <= 0:
                 return None
             cond.wait(min(remaining, 0.2))
-
-
-class QMPError(RuntimeError):
-    pass
-
-
-class QMPClient:
-    """A minimal synchronous QMP client over a unix socket."""
-
-    def __init__(self, path: Path, timeout: float = 30.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self._buf = b""
-        self._lock = threading.Lock()
-        self._read()  # greeting
-        self.execute("qmp_capabilities")
-
-    def _read(self) -> dict:
-        while b"\n" not in self._buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise QMPError("QMP connection closed")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def execute(self, command: str, **arguments) -> object:
-        with self._lock:
-            msg = {"execute": command}
-            if arguments:
-                msg["arguments"] = arguments
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
-            while True:
-                reply = self._read()
-                if "return" in reply:
-                    return reply["return"]
-                if "error" in reply:
-                    raise QMPError(f"{command}: {reply['error'].get('desc', reply['error'])}")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def _die_with_parent() -> None:

@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.lab.cycle import PHASES, CycleCancelled, CycleEvent, CycleFailed, CycleParams, run_cycle
+from workbench.lab.cycle import PHASES, check, run_cycle
+from workbench.lab.errors import CycleCancelled, CycleFailed
+from workbench.lab.params import CycleParams
+from workbench.lab.qemu_target import QemuTarget
+from workbench.lab.runner import CycleEvent
+from workbench.lab.target import Target
+from workbench.lab.workload import Workload
 from workbench.records import RecordStore, open_store
 from workbench.widgets.observable import Observable
 
@@ -65,11 +71,17 @@ class CycleController(Observable):
         return self._thread is not None and self._thread.is_alive()
 
     # -- commands --------------------------------------------------------------------------------------------
-    def start(self, params: CycleParams, **run_kwargs) -> None:
+    def start(
+        self, workload: Workload, params: CycleParams | None = None, *, target: Target | None = None, **run_kwargs
+    ) -> None:
+        """Checks the cycle (raising its :class:`~workbench.lab.errors.InvalidCycle` at once) and runs it in the
+        worker: ``workload`` on ``target`` (default: the lab VM) with ``params``."""
+        params = params or CycleParams()
+        target = target or QemuTarget()
         with self._lock:
             if self.running:
                 raise RuntimeError("a cycle is already running: cancel it or wait for it")
-            params.validate()
+            check(workload, params, target)
             self._cancel = threading.Event()
             self.phases = {p: PhaseState() for p in PHASES}
             self.log.clear()
@@ -77,7 +89,10 @@ class CycleController(Observable):
             self.state = "running"
             self.detail = ""
             self._thread = threading.Thread(
-                target=self._work, args=(params, run_kwargs), name="workbench-cycle", daemon=True
+                target=self._work,
+                args=(workload, params, target, run_kwargs),
+                name="workbench-cycle",
+                daemon=True,
             )
             self._thread.start()
         self._notify("state")
@@ -92,10 +107,16 @@ class CycleController(Observable):
         return self.state
 
     # -- worker ----------------------------------------------------------------------------------------------
-    def _work(self, params: CycleParams, run_kwargs: dict) -> None:
+    def _work(self, workload: Workload, params: CycleParams, target: Target, run_kwargs: dict) -> None:
         try:
             self.result = self._runner(
-                params, store=self.store, on_event=self._on_event, cancel=self._cancel, **run_kwargs
+                workload,
+                params,
+                target=target,
+                store=self.store,
+                on_event=self._on_event,
+                cancel=self._cancel,
+                **run_kwargs,
             )
             self.record_id = self.result.get("record_id")
             self.state = "done" if self.result.get("verified") else "failed"

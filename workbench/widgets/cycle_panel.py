@@ -9,9 +9,11 @@ from typing import Any
 import ipywidgets as w
 
 import workbench.plotting
-from workbench.cli.common import parse_size
-from workbench.lab.cycle import PHASES, CycleParams
+from workbench.lab.cycle import PHASES
+from workbench.lab.params import CycleParams
+from workbench.lab.workload import Workload, make_workload
 from workbench.records import RecordStore
+from workbench.units import parse_size
 from workbench.widgets.controller import CycleController
 
 __all__ = ["CyclePanel", "figure_bundle"]
@@ -94,17 +96,19 @@ class CyclePanel(w.VBox):
     def _show_convert_row(self) -> None:
         self.rows["convert"].layout.display = "" if self.convert.value else "none"
 
+    def workload(self) -> Workload:
+        """The workload the panel's fields describe: memfds filled in place, or converted from anonymous memory."""
+        common = {"memfds": self.memfds.value, "memfd_size": parse_size(self.memfd_size.value)}
+        if self.convert.value:
+            return make_workload("converted", convert=[self.convert.value], **common)
+        return make_workload("memfd", **common)
+
     def params(self) -> CycleParams:
-        return CycleParams(
-            memfds=self.memfds.value,
-            memfd_size=parse_size(self.memfd_size.value),
-            session=self.session.value,
-            convert=[self.convert.value] if self.convert.value else [],
-        )
+        return CycleParams(session=self.session.value)
 
     def start(self) -> None:
         try:
-            self.controller.start(self.params())
+            self.controller.start(self.workload(), self.params())
         except (ValueError, RuntimeError) as exc:
             self.status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
 

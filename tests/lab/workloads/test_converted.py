@@ -1,0 +1,66 @@
+"""The ``converted`` workload on the host: its strategies, request, sizing and per-memfd summary (the cycles in the lab
+VM are in test_conversion_bench.py)."""
+
+import pytest
+
+from workbench.lab.errors import InvalidCycle
+from workbench.lab.workloads.converted import ConvertedMemfdWorkload, resolve_specs, summarize
+from workbench.lab.workloads.memfd import MemfdWorkload
+
+
+def test_one_strategy_applies_to_every_memfd_and_copiers_default_to_numba():
+    specs = resolve_specs(["copy-fresh"], 3)
+    assert [s.strategy for s in specs] == ["copy-fresh"] * 3
+    assert {s.copier for s in specs} == {"numba"}
+    kernel_side = resolve_specs(["pwrite", "vmsplice-gift"], 2, threads=2)
+    assert [s.copier for s in kernel_side] == ["kernel", "kernel"]
+    assert kernel_side[1].pipe_size > 0 and kernel_side[0].pipe_size == 0
+    request = ConvertedMemfdWorkload(memfds=2, convert=["pwrite", "vmsplice-gift"], convert_limits=True).request()
+    assert request["convert"][1]["strategy"] == "vmsplice-gift" and request["convert_limits"] is True
+    assert request["memfds"] == 2 and request["tokens"] == [1000, 1001]
+
+
+@pytest.mark.parametrize(
+    ("strategies", "memfds", "copier", "message"),
+    [
+        (["teleport"], 1, "", "unknown conversion strategy 'teleport'"),
+        (["write", "pwrite"], 3, "", "2 conversion strategies given for 3 memfds"),
+        (["write"], 1, "numba", "strategy write copies with kernel, not 'numba'"),
+    ],
+)
+def test_bad_conversion_requests_are_refused_before_boot(strategies, memfds, copier, message):
+    with pytest.raises(InvalidCycle, match=message):
+        ConvertedMemfdWorkload(memfds=memfds, convert=strategies, convert_copier=copier).validate()
+
+
+def test_converting_needs_a_strategy_and_room_for_the_sources():
+    with pytest.raises(InvalidCycle, match="at least one conversion strategy"):
+        ConvertedMemfdWorkload(convert=[]).validate()
+    plain = MemfdWorkload(memfds=4, memfd_size=512 << 20)
+    converting = ConvertedMemfdWorkload(memfds=4, memfd_size=512 << 20, convert=["write"])
+    assert converting.memory_mb() >= plain.memory_mb() + 2048
+    assert converting.phases_before_kexec == ("prepare", "convert", "preserve", "load")
+    assert converting.record_params()["workload"] == "converted" and converting.record_params()["convert"] == ["write"]
+
+
+def test_summary_adds_each_memfds_own_times_to_the_shared_blackout():
+    prepare = {
+        "setup": {"limits": {"memcpy_bytes_per_s": 4e9}},
+        "conversions": [
+            {"strategy": "write", "copier": "kernel", "threads": 1, "pipe_size": 0, "size": 1 << 30, "convert_s": 0.5}
+            | {"alloc_s": None, "copy_s": 0.5},
+        ],
+        "preserve_s": [0.25],
+    }
+    restore = {
+        "retrieve_s": [0.125],
+        "verify_s": [1.0],
+        "memfds": [{"memfd": 0, "differing_count": 0, "size": 1 << 30, "expected_size": 1 << 30}],
+    }
+    phases = {"prepare": 9.0, "convert": 0.5, "preserve": 0.25, "load": 1.0, "kexec": 3.0, "restore": 0.125}
+    out = summarize(prepare, restore, phases | {"verify": 1.0}, blackout_s=3.0)
+    row = out["conversions"][0]
+    assert row["end_to_end_s"] == 0.5 + 0.25 + 3.0 + 0.125 + 1.0
+    assert row["bytes_per_s"] == (1 << 30) / 0.5 and row["ratio_to_memcpy"] == (1 << 30) / 0.5 / 4e9
+    assert row["verified"] is True
+    assert out["anon_to_survived_s"] == 0.5 + 0.25 + 1.0 + 3.0 + 0.125 + 1.0  # prepare is not part of the path

@@ -1,0 +1,270 @@
+"""The ``qemu`` target: the lab kernel booted in a QEMU VM on this machine (:mod:`workbench.lab.qemu`), its
+busybox initramfs running the agent over the host's read-only root (:mod:`workbench.lab.initramfs`)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.environment import REPO_ROOT
+from workbench.lab.accel import AccelChoice, choose_accelerator
+from workbench.lab.errors import InvalidCycle
+from workbench.lab.initramfs import build_initramfs
+from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update
+from workbench.lab.params import CycleParams
+from workbench.lab.protocol import Event, Request, continue_flag
+from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
+from workbench.lab.runner import CycleEvent, MarkRunner
+from workbench.lab.target import Target, register
+from workbench.lab.workload import Workload
+
+__all__ = ["QemuTarget", "DUMP_POINTS", "guest_cache", "lab_kernel_args"]
+
+DUMP_POINTS = ("preserve", "restore")
+DUMP_FORMATS = ("elf", "kdump-zlib")
+
+
+def guest_cache() -> Path:
+    """The cache folder the guest writes through 9p (numba's compiled kernels survive between boots)."""
+    path = cache_root() / "guest-cache"
+    (path / "numba").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def lab_kernel_args(phase: str = "prepare", *, tcg: bool = False, live_update: bool = True) -> list[str]:
+    """The lab VM's kernel command line: serial console, no reboot on panic, the agent's phase, KHO and LUO on, and
+    where the guest finds this machine's Python and the repository."""
+    args = ["console=ttyS0", "panic=-1", "loglevel=6", f"wb.phase={phase}"]
+    if tcg:
+        args.append("no_timer_check")  # under a loaded TCG host the IO-APIC timer check can fail spuriously
+    if live_update:
+        args += ["kho=on", "liveupdate=on"]
+    return args
+
+
+def _config_of(next_kernel: Path, explicit: str | None) -> str | None:
+    candidates = [Path(explicit)] if explicit else [next_kernel.parent / "config", next_kernel.parent / ".config"]
+    for c in candidates:
+        if c.exists():
+            return c.read_text()
+    return None
+
+
+@register
+@dataclass
+class QemuTarget(Target):
+    """``kernel``: the lab kernel to boot (default: built from the lab's configuration, cached);
+    ``memory_mb``: guest RAM (default: what the workload needs); ``cpus``; ``tcg_threads``: ``single`` (all vCPUs
+    on one host thread, the default: see :class:`VMConfig`) or ``multi``; ``kho_scratch``, ``kernel_args``: the
+    boot command line; ``live_update``: boot with ``kho=on liveupdate=on``; ``dump_after``: phases after which a
+    vmcore of the guest goes into the run's folder, in ``dump_format``; ``ram_file``: guest RAM in a file the host
+    can read; ``qemu_args``: more QEMU arguments."""
+
+    name = "qemu"
+
+    kernel: LabKernel | None = None
+    memory_mb: int | None = None
+    cpus: int = 2
+    tcg_threads: str = "single"
+    kho_scratch: str | None = None
+    kernel_args: str = ""
+    live_update: bool = True
+    dump_after: list[str] = field(default_factory=list)
+    dump_format: str = "elf"
+    ram_file: bool = False
+    qemu_args: list[str] = field(default_factory=list)
+
+    def validate(self, workload: Workload, params: CycleParams) -> None:
+        super().validate(workload, params)
+        for phase in self.dump_after:
+            if phase not in DUMP_POINTS:
+                raise InvalidCycle(f"--dump-after takes {' or '.join(DUMP_POINTS)}, not {phase!r}")
+        if self.tcg_threads not in ("single", "multi"):
+            raise InvalidCycle(f"TCG threads are single or multi, not {self.tcg_threads!r}")
+        if self.dump_format not in DUMP_FORMATS:
+            raise InvalidCycle(f"dump format is {' or '.join(DUMP_FORMATS)}, not {self.dump_format!r}")
+        if self.cpus < 1:
+            raise InvalidCycle("a VM needs at least one CPU")
+        if self.memory_mb is not None and self.memory_mb < 256:
+            raise InvalidCycle(f"guest memory {self.memory_mb} MiB is too small: give at least 256M")
+
+    def prepare(self, workload: Workload, params: CycleParams) -> None:
+        self.kernel = self.kernel or build_kernel()
+        require_live_update(self.kernel.config_file.read_text(), f"the lab kernel {self.kernel.bzimage}")
+        if params.next_kernel:
+            nxt = Path(params.next_kernel)
+            if not nxt.exists():
+                raise FileNotFoundError(f"next kernel {nxt} does not exist")
+            text = _config_of(nxt, params.next_config)
+            if text is None:
+                raise InvalidCycle(
+                    f"cannot tell whether {nxt} supports KHO/LUO: put its config beside it (config or .config) "
+                    "or pass --next-config"
+                )
+            require_live_update(text, f"the next kernel {nxt}")
+
+    def memory_for(self, workload: Workload) -> int:
+        return self.memory_mb or workload.memory_mb()
+
+    def record_params(self) -> dict[str, Any]:
+        return {
+            "memory_mb": self.memory_mb,
+            "cpus": self.cpus,
+            "tcg_threads": self.tcg_threads,
+            "kho_scratch": self.kho_scratch,
+            "kernel_args": self.kernel_args,
+            "live_update": self.live_update,
+            "dump_after": list(self.dump_after),
+            "dump_format": self.dump_format,
+            "ram_file": self.ram_file,
+            "qemu_args": list(self.qemu_args),
+        }
+
+    def runner(self, workload, params, run, on_event, cancel, on_pause) -> MarkRunner:
+        return QemuRunner(self, workload, params, run, on_event, cancel, on_pause)
+
+
+class QemuRunner(MarkRunner):
+    """Boots the lab VM, waits for the agent's marks through the kexec and back, pauses and dumps on request."""
+
+    def __init__(
+        self,
+        target: QemuTarget,
+        workload: Workload,
+        params: CycleParams,
+        run,
+        on_event: Callable[[CycleEvent], None] | None,
+        cancel: threading.Event | None,
+        on_pause: Callable[[str, QemuVM], None] | None,
+    ):
+        super().__init__(workload, params, run, on_event, cancel)
+        self.target = target
+        self.kernel: LabKernel = target.kernel  # type: ignore[assignment]
+        self.on_pause = on_pause
+        self.vm: QemuVM | None = None
+        self.vmcores: dict[str, str] = {}
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.vm.serial_log if self.vm is not None else None
+
+    def source_stopped(self, what: str) -> str:
+        return f"the VM stopped while {what} (QEMU exit {self.vm.proc.returncode})"
+
+    def execute(self) -> dict[str, Any]:
+        p, t, w = self.p, self.target, self.workload
+        initrd = build_initramfs()
+        next_kernel = Path(p.next_kernel) if p.next_kernel else self.kernel.bzimage
+        accel = choose_accelerator(self.kernel.bzimage, initrd)
+        self.run.update_environment(
+            target_kernel_release=self.kernel.release,
+            target_config_hash=self.kernel.config_hash,
+            target_kernel_version=self.kernel.version,
+            accelerator=accel.accel,
+            accelerator_reason=accel.reason,
+            qemu_version=qemu_version(),
+        )
+        tcg = accel.accel == "tcg"
+        if tcg:
+            self.run.update_environment(tcg_threads=t.tcg_threads)
+        boot_timeout = 240 if tcg else 90
+        work_timeout = (120 + 240 * w.timeout_bytes() / (1 << 30)) * (1 if tcg else 0.25)
+        if p.timeout_s:
+            boot_timeout = work_timeout = p.timeout_s
+        pause_after = sorted(set(p.pause_after) | set(t.dump_after))
+        Request(
+            workload=w.name,
+            session=p.session,
+            next_kernel=str(next_kernel),
+            next_initrd=str(initrd),
+            pause_after=pause_after,
+            faults={**p.faults.to_request(), **w.faults()},
+            workload_fields=w.request(),
+        ).write(self.results)
+        args = lab_kernel_args(tcg=tcg, live_update=t.live_update)
+        if t.kho_scratch:
+            args.append(f"kho_scratch={t.kho_scratch}")
+        args += [f"wb.python={sys.executable}", f"wb.repo={REPO_ROOT}"]
+        args += t.kernel_args.split()
+        args += [a for a in w.kernel_args() if a.partition("=")[0] + "=" not in t.kernel_args]
+        config = VMConfig(
+            kernel=self.kernel.bzimage,
+            initrd=initrd,
+            cmdline=" ".join(args),
+            memory_mb=t.memory_for(w),
+            cpus=t.cpus,
+            accel=accel.accel,
+            tcg_threads=t.tcg_threads,
+            shares={
+                "hostroot": (Path("/"), True),
+                "wbresults": (self.results, False),
+                "wbcache": (guest_cache(), False),
+            },
+            ram_file=(self.workdir / "guest-ram") if t.ram_file else None,
+            extra_args=list(t.qemu_args),
+        )
+        self.emit(kind="state", name="booting", text=f"{accel.accel}: {accel.reason}")
+        self.vm = QemuVM(config, self.workdir, on_line=self.on_line)
+        self.source = self.vm
+        t_boot = time.monotonic()
+        with self.vm:
+            self.emit(kind="phase", name="boot", status="begin", host_time=t_boot)
+            _, _, t_agent = self.wait_mark((Event.AGENT_START,), boot_timeout, "waiting for the agent to start")
+            self.emit(kind="phase", name="boot", status="end", seconds=t_agent - t_boot, host_time=t_agent)
+            self.emit(kind="state", name="running")
+            self.wait_phases(w.phases_before_kexec, pause_after, work_timeout)
+            self.phase = "kexec"
+            _, _, t_kexec = self.wait_mark((Event.KEXEC,), work_timeout, "waiting for the kexec")
+            back_timeout = p.return_timeout_s or boot_timeout
+            _, _, t_init = self.wait_mark(
+                (Event.INIT,), back_timeout, "waiting for the next kernel to boot (it did not come back)"
+            )
+            _, _, t_back = self.wait_mark(
+                (Event.AGENT_START,), back_timeout, "waiting for the agent in the next kernel (it did not come back)"
+            )
+            self.wait_phases(w.phases_after_kexec, pause_after, work_timeout)
+            self.phase = "finish"
+            self.wait_mark((Event.DONE,), work_timeout, "finishing the session")
+            self.vm.wait_exit(30)
+            self.emit(kind="state", name="done")
+        return self.collect(t_boot, t_agent, t_kexec, t_init, t_back, accel)
+
+    def paused(self, phase: str, timeout: float) -> None:
+        self.wait_mark((Event.PAUSED,), timeout, f"waiting for the pause after {phase}")
+        self.emit(kind="state", name="paused", text=phase)
+        try:
+            if phase in self.target.dump_after:
+                fmt = self.target.dump_format
+                path = self.workdir / f"vmcore-{phase}.{'elf' if fmt == 'elf' else 'kdump'}"
+                self.vm.dump_guest_memory(path, fmt)
+                self.vmcores[phase] = str(path)
+            if self.on_pause is not None:
+                self.on_pause(phase, self.vm)
+        finally:
+            (self.results / continue_flag(phase)).write_text("go\n")
+        self.emit(kind="state", name="running")
+
+    def collect(self, t_boot, t_agent, t_kexec, t_init, t_back, accel: AccelChoice) -> dict[str, Any]:
+        prepare, restore = self.read_state("prepare"), self.read_state("restore")
+        result = self.agent_result(prepare, restore, t_kexec, t_back)
+        result.update(
+            {
+                "blackout_breakdown": {"kexec_to_init_s": t_init - t_kexec, "init_to_agent_s": t_back - t_init},
+                "boot_s": t_agent - t_boot,
+                "accelerator": accel.accel,
+                "accelerator_reason": accel.reason,
+                "memory_mb": self.target.memory_for(self.workload),
+                "serial_log": str(self.vm.serial_log),
+                "run_dir": str(self.workdir),
+            }
+        )
+        if self.vmcores:
+            result["vmcores"] = self.vmcores
+            result["vmcore"] = next(iter(self.vmcores.values())) if len(self.vmcores) == 1 else self.vmcores
+            result["vmlinux"] = str(self.kernel.vmlinux)
+        return result
