@@ -19,7 +19,6 @@ import os
 import secrets
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 import traceback
@@ -32,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench import jsonfile
 from workbench.environment import REPO_ROOT, boot_id, snapshot
 
 __all__ = [
@@ -141,23 +141,10 @@ def _dumps(obj: Any) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Writes ``obj`` as indented JSON to ``path`` (its folder created if needed) through a temporary file and a
-    rename: a reader sees the old file or the new one, never half of it. NumPy scalars, paths, sets and tuples are
-    written as JSON values. Returns the path written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes ``obj`` as indented JSON to ``path`` (its folder created if needed), whole or not at all (see
+    :func:`workbench.jsonfile.write_json_atomic`). NumPy scalars, paths, sets and tuples are written as JSON values.
+    Returns the path written."""
+    return jsonfile.write_json_atomic(path, obj, indent=2, default=_json_default, make_parents=True)
 
 
 @dataclass

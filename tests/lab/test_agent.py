@@ -41,5 +41,9 @@ def test_the_memfd_agent_runs_and_fails_clearly_without_luo(tmp_path):
 def test_an_unknown_workload_is_refused_by_name(tmp_path):
     Request(workload="teleport", session="s").write(tmp_path)
     proc = _agent(tmp_path)
-    assert proc.returncode != 0
-    assert "unknown workload 'teleport'" in proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    marks = [m for line in proc.stdout.splitlines() if (m := parse_mark(line)) is not None]
+    assert [e for e, _ in marks] == [Event.AGENT_START, Event.ERROR]
+    assert "unknown workload 'teleport'" in marks[-1][1]["message"]
+    state = json.loads((tmp_path / "prepare.json").read_text())
+    assert state["error"]["type"] == "UnknownName" and state["error"]["phase"] == "prepare"

@@ -54,7 +54,7 @@ def test_a_failure_is_recorded_with_its_phase_and_told_to_the_host(tmp_path, cap
     agent = _Failing(_results(tmp_path), "prepare")
     assert agent.run("prepare") == 1
     events = _marks(capsys.readouterr().out)
-    assert [e for e, _ in events] == [Event.AGENT_START, Event.PHASE_BEGIN, Event.ERROR]
+    assert [e for e, _ in events] == [Event.PHASE_BEGIN, Event.ERROR]
     assert events[-1][1] == {"phase": "prepare", "message": "no LUO here"}
     state = json.loads((tmp_path / "prepare.json").read_text())
     assert state["error"]["type"] == "RuntimeError" and state["error"]["phase"] == "prepare"

@@ -217,7 +217,7 @@ def open_vm(
         if ram_file is None:
             raise VmUnreachable(
                 f"cannot read the VM behind {path}: {'; '.join(notes) or 'QMP unusable'}; and its RAM is not "
-                "file-backed (start QEMU with -object memory-backend-file,share=on, e.g. CycleParams(ram_file=True))"
+                "file-backed (start QEMU with -object memory-backend-file,share=on, e.g. QemuTarget(ram_file=True))"
             )
         prog, why = _open_ram_file(Path(ram_file), ram_size, qmp)
     finally:

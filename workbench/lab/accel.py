@@ -64,10 +64,13 @@ def probe_kvm(kernel: Path, initrd: Path, timeout_s: float = PROBE_TIMEOUT_S) ->
 
 
 def choose_accelerator(kernel: Path, initrd: Path) -> AccelChoice:
-    """The cached probe result for this host boot, QEMU and kernel; probes on first use."""
+    """The cached probe result for this host boot, QEMU and kernel; probes on first use. A choice forced by
+    ``WORKBENCH_ACCEL`` is not cached: it holds only while the variable is set."""
+    if os.environ.get("WORKBENCH_ACCEL") in ("tcg", "kvm"):
+        return probe_kvm(kernel, initrd)
     key = hashlib.sha256(f"{boot_id()}|{qemu_version()}|{kernel.stat().st_size}|{kernel}".encode()).hexdigest()[:16]
     path = cache_root() / "accel" / f"{key}.json"
-    if os.environ.get("WORKBENCH_ACCEL") not in ("tcg", "kvm") and path.exists():
+    if path.exists():
         return AccelChoice(**json.loads(path.read_text()))
     choice = probe_kvm(kernel, initrd)
     path.parent.mkdir(parents=True, exist_ok=True)

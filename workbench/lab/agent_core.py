@@ -41,7 +41,7 @@ from workbench.lab.protocol import (
     write_json_atomic,
 )
 
-__all__ = ["Agent", "PAGE", "fill_pattern", "fingerprint", "load_hasher", "mark", "page_frames"]
+__all__ = ["Agent", "PAGE", "fill_pattern", "fingerprint", "load_hasher", "mark", "page_frames", "record_failure"]
 
 PAGE = 4096
 KEXEC_FILE_UNLOAD = 0x1
@@ -117,6 +117,19 @@ def page_frames(mapping: mmap.mmap) -> np.ndarray:
     return np.where(present == 1, entries & np.uint64((1 << 55) - 1), 0).astype(np.uint64)
 
 
+def record_failure(path: Path, state: dict, exc: BaseException) -> None:
+    """Writes ``exc`` (type, message, traceback, the phase it happened in) into the state file ``path`` and marks
+    ``error`` for the host."""
+    state["error"] = {
+        "phase": state.get("current_phase"),
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+    write_json_atomic(path, state)
+    mark(Event.ERROR, {"phase": state.get("current_phase"), "message": str(exc)})
+
+
 class Agent:
     """The agent of one phase of one cycle. ``results`` is the results folder, ``phase`` ``prepare`` or
     ``restore``; subclasses implement :meth:`prepare_and_kexec` and :meth:`restore`."""
@@ -128,13 +141,12 @@ class Agent:
         self.state: dict = {"phases": {}, "events": []}
 
     def run(self, phase: str) -> int:
-        """Runs ``phase``; a failure is recorded (state file and an ``error`` mark) and gives exit status 1."""
+        """Runs ``phase`` (the entry point has marked ``agent-start``); a failure is recorded (state file and an
+        ``error`` mark) and gives exit status 1."""
         try:
             if phase == "prepare":
-                mark(Event.AGENT_START, {"phase": "prepare"})
                 self.prepare_and_kexec()
             else:
-                mark(Event.AGENT_START, {"phase": "restore"})
                 self.restore()
         except BaseException as exc:
             self.on_failure()
@@ -176,14 +188,7 @@ class Agent:
 
     def record_failure(self, exc: BaseException) -> None:
         """Keeps what went wrong, and in which phase, in the state file and tells the host."""
-        self.state["error"] = {
-            "phase": self.state.get("current_phase"),
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
-        }
-        self.save()
-        mark(Event.ERROR, {"phase": self.state.get("current_phase"), "message": str(exc)})
+        record_failure(self.state_path, self.state, exc)
 
     def pause(self, after: str) -> None:
         """Stops after a phase until the host creates ``continue-<phase>`` (inspection and vmcore dumps)."""
@@ -230,10 +235,12 @@ class Agent:
                 return f"the host did not confirm the kexec (got {answer or 'end of file'!r})"
         return None
 
-    def kexec(self) -> None:
-        """Saves the state, syncs, marks ``kexec`` for the host and reboots into the loaded kernel."""
+    def kexec(self, save: bool = True) -> None:
+        """Saves the state (unless the caller just did), syncs, marks ``kexec`` for the host and reboots into the
+        loaded kernel."""
         self.state["current_phase"] = "kexec"
-        self.save()
+        if save:
+            self.save()
         os.sync()
         mark(Event.KEXEC)
         reboot_kexec()

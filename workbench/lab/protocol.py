@@ -11,11 +11,11 @@ Only the standard library is imported: the agent imports this module on targets 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from workbench.jsonfile import write_json_atomic
 
 __all__ = [
     "MARK",
@@ -154,24 +154,6 @@ class Request:
 
     def write(self, folder: Path) -> Path:
         return write_json_atomic(folder / REQUEST, self.to_json())
-
-
-def write_json_atomic(path: Path, obj: Any, *, default=None) -> Path:
-    """Writes ``obj`` as JSON to ``path`` through a temporary file in the same folder, fsync and a rename: a reader
-    sees the old file or the whole new one, never half of it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_json(path: Path, *, limit: int = 64 << 20) -> dict[str, Any]:

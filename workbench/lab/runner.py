@@ -136,6 +136,8 @@ class MarkRunner:
             if self.cancel.is_set():
                 raise CycleCancelled()
             remaining = deadline - time.monotonic()
+            scanned = len(source.lines)  # wait_for looks at least at these before it gives up
+            stopped = not source.running  # checked before the scan: a last line may come as the source stops
             hit = source.wait_for(
                 lambda ln: is_mark(ln, wanted),
                 timeout=max(0.0, min(remaining, 0.5)),
@@ -153,11 +155,11 @@ class MarkRunner:
                 return event, data, line.host_time
             if self.cancel.is_set():
                 raise CycleCancelled()
-            if not source.running:
+            if stopped:
                 raise self.fail(self.source_stopped(what), kind=TargetLost)
             if time.monotonic() >= deadline:
                 raise self.fail(f"timed out after {timeout:.0f} s {what}")
-            start = len(source.lines)
+            start = scanned  # not len(source.lines): a line that came after wait_for gave up is still unseen
 
     def wait_phases(self, phases: tuple[str, ...], pause_after: list[str], timeout: float) -> None:
         """Waits for the end of each of ``phases`` in turn, pausing after those in ``pause_after``."""

@@ -13,7 +13,7 @@ import numpy
 from workbench.environment import REPO_ROOT, boot_id
 from workbench.lab.inventory import LabHost
 from workbench.lab.ssh import probe
-from workbench.lab.ssh.agent_files import AGENT_FILES, local_agent_sha256
+from workbench.lab.ssh.agent_files import AGENT_FILES, AGENT_SHA, local_agent_sha256
 from workbench.lab.ssh.preconditions import (
     AGENT_PROTOCOL,
     PROBE_SCRIPT,
@@ -56,6 +56,7 @@ def _config(results_dir: Path, **changes) -> dict:
         "results_dir": str(results_dir),
         "pythonpath": None,
         "required_config": list(REQUIRED_CONFIG),
+        "agent_files": list(AGENT_SHA),
     }
     return {**config, **changes}
 

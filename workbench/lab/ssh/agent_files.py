@@ -11,6 +11,8 @@ from pathlib import Path
 
 import paramiko
 
+from workbench.lab import protocol
+
 __all__ = [
     "AGENT_FILES",
     "AGENT_SHA",
@@ -26,6 +28,7 @@ __all__ = [
 #: the host has no workbench of its own)
 AGENT_FILES = (
     "workbench/__init__.py",
+    "workbench/jsonfile.py",
     "workbench/lab/__init__.py",
     "workbench/lab/agent.py",
     "workbench/lab/agent_core.py",
@@ -40,19 +43,9 @@ AGENT_FILES = (
     "workbench/kernels/pagehash.py",
 )
 #: the agent's modules (in ``workbench/lab``) whose hashes tell whether the host's agent is this checkout's
-AGENT_SHA = ("agent.py", "liveupdate.py")
+AGENT_SHA = ("agent.py", "agent_core.py", "liveupdate.py", "protocol.py", "workload.py", "workloads/memfd.py")
 #: the agent's files in the results folder (removed before a cycle that reuses a folder, copied back after)
-RESULT_FILES = (
-    "request.json",
-    "prepare.json",
-    "restore.json",
-    "fingerprints-before.npy",
-    "fingerprints-after.npy",
-    "frames-before.npy",
-    "frames-after.npy",
-    "kho-out.fdt",
-    "kho-in.fdt",
-)
+RESULT_FILES = protocol.RESULT_FILES
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder that holds the workbench package
 
 
@@ -75,7 +68,8 @@ def copy_agent(client: paramiko.SSHClient, agent_dir: str) -> None:
 def local_agent_sha256() -> dict[str, str]:
     """The SHA-256 of this checkout's :data:`AGENT_SHA` modules, by file name, as the probe reports a host's
     (``agent_sha256``)."""
-    return {n: hashlib.sha256((_PKG_ROOT / "workbench/lab" / n).read_bytes()).hexdigest() for n in AGENT_SHA}
+    lab = _PKG_ROOT / "workbench/lab"
+    return {n: hashlib.sha256((lab / n).read_bytes()).hexdigest() for n in AGENT_SHA if (lab / n).exists()}
 
 
 def write_remote_file(client: paramiko.SSHClient, path: str, text: str) -> None:

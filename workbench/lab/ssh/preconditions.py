@@ -20,6 +20,7 @@ import paramiko
 
 from workbench.environment import boot_id
 from workbench.lab.inventory import LabHost
+from workbench.lab.ssh.agent_files import AGENT_SHA
 from workbench.lab.ssh.connection import run_command
 
 __all__ = [
@@ -128,6 +129,7 @@ def probe_host(
         "results_dir": results_dir,
         "pythonpath": pythonpath,
         "required_config": list(REQUIRED_CONFIG),
+        "agent_files": list(AGENT_SHA),
     }
     envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     cmd = f"cd / && env {envs} {shlex.quote(host.python)} - {shlex.quote(json.dumps(cfg))}"

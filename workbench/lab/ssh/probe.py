@@ -13,7 +13,8 @@ CONFIG is a JSON object: ``next_kernel`` and ``next_initrd``, the next kernel's 
 is replaced by the running kernel's release; null: ``/boot/vmlinuz-RELEASE`` and, if it exists,
 ``/boot/initrd.img-RELEASE``); ``results_dir``, the results folder the agent will use (it may not exist yet);
 ``pythonpath``, the folder that holds the host's ``workbench`` package (null: Python's own path);
-``required_config``, the kernel options the running kernel must have (``y`` or ``m``)."""
+``required_config``, the kernel options the running kernel must have (``y`` or ``m``); ``agent_files`` (optional),
+the agent's files, relative to its folder, whose SHA-256 to report."""
 
 from __future__ import annotations
 
@@ -131,27 +132,30 @@ def python_modules() -> dict[str, Any]:
     return out
 
 
-def agent_facts(pythonpath: str | None) -> dict[str, Any]:
+def agent_facts(pythonpath: str | None, files: tuple[str, ...] = ("agent.py", "liveupdate.py")) -> dict[str, Any]:
     """Whether the host's agent imports: ``agent``, the path of its ``agent.py`` (None if it does not import,
     ``agent_error`` says why), ``agent_protocol``, the protocol it speaks (the agent's ``PROTOCOL``, else that of
-    ``workbench.lab.protocol`` beside it, else 1), and ``agent_sha256``, the SHA-256 of its ``agent.py`` and
-    ``liveupdate.py``. ``pythonpath``: the folder that holds the ``workbench`` package, put first on ``sys.path``
-    (None: Python's own path)."""
+    ``workbench.lab.protocol`` beside it, else 1), and ``agent_sha256``, the SHA-256 of each of ``files`` (paths
+    relative to the agent's folder) that exists. ``pythonpath``: the folder that holds the ``workbench`` package,
+    put first on ``sys.path`` (None: Python's own path)."""
     if pythonpath:
         sys.path.insert(0, pythonpath)
     try:
         agent = importlib.import_module("workbench.lab.agent")
-        liveupdate = importlib.import_module("workbench.lab.liveupdate")
+        importlib.import_module("workbench.lab.liveupdate")
         protocol = getattr(agent, "PROTOCOL", None)
         if protocol is None:
             try:
                 protocol = importlib.import_module("workbench.lab.protocol").PROTOCOL
             except (ImportError, AttributeError):
                 protocol = 1
+        lab = os.path.dirname(agent.__file__)
         sha256 = {}
-        for name, module in (("agent.py", agent), ("liveupdate.py", liveupdate)):
-            with open(module.__file__, "rb") as f:
-                sha256[name] = hashlib.sha256(f.read()).hexdigest()
+        for name in files:
+            path = os.path.join(lab, name)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    sha256[name] = hashlib.sha256(f.read()).hexdigest()
     except Exception as exc:  # noqa: BLE001 (an agent that does not import is a fact to report)
         return {"agent": None, "agent_error": f"{type(exc).__name__}: {exc}"}
     return {"agent": agent.__file__, "agent_protocol": protocol, "agent_sha256": sha256}
@@ -188,7 +192,8 @@ def collect(config: dict[str, Any]) -> dict[str, Any]:
     out.update(results_folder(config["results_dir"]))
     out.update(python_modules())
     if out["numpy"]:
-        out.update(agent_facts(config["pythonpath"]))
+        files = tuple(config.get("agent_files", ("agent.py", "liveupdate.py")))
+        out.update(agent_facts(config["pythonpath"], files))
     return out
 
 

@@ -172,7 +172,7 @@ class GuestConversion:
     @staticmethod
     def warm_up() -> str:
         """Compiles (or loads from numba's cache) the copy kernels, so that no conversion time includes it."""
-        conversion._compile_kernels()
+        conversion.compile_kernels()
         return "numba kernels ready"
 
     @staticmethod

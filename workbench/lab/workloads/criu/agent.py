@@ -158,9 +158,10 @@ class CriuAgent(Agent):
         (self.results / "criu-tokens.json").write_text(json.dumps(tokmap, indent=1))
         self.state["images"] = [{"name": n, "token": FIRST_TOKEN + i, "size": s} for i, (n, _, s) in enumerate(files)]
         self.state["image_bytes"] = sum(s for _, _, s in files)
+        self.state["current_phase"] = "kexec"
         self.save()
         self.pause("preserve")
-        self.kexec()
+        self.kexec(save=False)  # inside the process's downtime: the state file was written just above
 
     def carry_kdat(self, session) -> dict | None:
         """``criu_kdat: carry``: hands CRIU's kernel-probe cache to the next kernel (valid only when it is the same

@@ -55,7 +55,7 @@ class WorkloadProcess:
             argv.append("-u")
         # a shell in between, with a high pid, stays the workload's parent: after the restore the parent differs
         holder = subprocess.Popen(
-            ["/bin/sh", "-c", '"$@" & wait', "wb-holder", *argv],
+            ["/bin/sh", "-c", '"$@" & wait $!', "wb-holder", *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

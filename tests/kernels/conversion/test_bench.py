@@ -1,46 +1,32 @@
-"""Anonymous memory into memfds: every strategy's result verified page by page, damage caught, reasons given."""
+"""The conversion benchmark: every strategy's result verified page by page, damage caught, reasons given, and the
+``workbench bench conversion`` command that runs it."""
 
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.kernels.conversion.helpers import SIZE, THREADS, overwrite_page
 from workbench.cli import main
-from workbench.kernels import conversion
-from workbench.kernels.conversion import (
-    COLUMNS,
+from workbench.kernels.conversion.bench import COLUMNS, measure_strategy, run_conversion, verify_memfd
+from workbench.kernels.conversion.sources import RemoteSource
+from workbench.kernels.conversion.strategies import (
+    DEFAULT_PIPE_SIZES,
     STRATEGIES,
     Options,
-    RemoteSource,
     hugetlb_unavailable,
-    make_source,
-    measure_strategy,
-    run_conversion,
     thp_shmem_unavailable,
-    verify_memfd,
 )
-from workbench.kernels.memfd_syscalls import buffer_address
 from workbench.kernels.pagehash import PAGE_SIZE
-
-SIZE = 8 << 20
-THREADS = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
 
 
 @pytest.fixture(scope="module")
 def results():
     return run_conversion([SIZE], THREADS, repeats=1)
-
-
-@pytest.fixture(scope="module")
-def source():
-    source = make_source(SIZE)
-    yield source
-    source.close()
 
 
 def test_every_strategy_gives_rows_with_the_columns(results):
@@ -70,7 +56,7 @@ def test_copy_strategies_run_with_both_copiers_and_every_thread_count(results):
 def test_pipe_strategies_record_the_pipe_size_obtained(results):
     frame, _ = results
     piped = frame[frame["strategy"].isin(["vmsplice-splice", "vmsplice-gift"])]
-    assert set(piped["pipe_size"]) == set(conversion.DEFAULT_PIPE_SIZES)
+    assert set(piped["pipe_size"]) == set(DEFAULT_PIPE_SIZES)
     assert (piped["pipe_size_obtained"] >= piped["pipe_size"]).all()
 
 
@@ -104,28 +90,6 @@ def test_unavailable_strategies_give_a_reason(results):
             assert (rows["reason"] == reason).all()
 
 
-def test_source_is_touched_anonymous_private_memory(source):
-    address = buffer_address(source.mem)
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split()
-        start, end = (int(part, 16) for part in fields[0].split("-"))
-        if start <= address < end:
-            assert fields[1] == "rw-p", line
-            assert fields[4] == "0" and len(fields) == 5, f"not anonymous: {line}"
-            break
-    else:
-        pytest.fail(f"address {address:#x} not in /proc/self/maps")
-    assert len(np.unique(source.hashes)) == SIZE // PAGE_SIZE
-
-
-def _overwrite_page(page: int):
-    def tamper(fd: int) -> None:
-        original = os.pread(fd, PAGE_SIZE, page * PAGE_SIZE)
-        os.pwrite(fd, bytes([original[100] ^ 0x10]), page * PAGE_SIZE + 100)
-
-    return tamper
-
-
 @pytest.mark.parametrize(
     ("strategy", "options"),
     [
@@ -138,7 +102,7 @@ def _overwrite_page(page: int):
     ],
 )
 def test_a_corrupted_memfd_page_is_reported(source, strategy, options):
-    row = measure_strategy(strategy, source, options, repeats=1, tamper=_overwrite_page(37))
+    row = measure_strategy(strategy, source, options, repeats=1, tamper=overwrite_page(37))
     assert row["available"]
     assert not row["verified"]
     assert row["mismatched_pages"] == 1
@@ -149,7 +113,7 @@ def test_a_corrupted_page_read_from_another_process_is_reported():
     remote = RemoteSource.start(SIZE)
     try:
         clean = measure_strategy("process_vm_readv", remote, Options(threads=THREADS[-1]), repeats=1)
-        damaged = measure_strategy("process_vm_readv", remote, Options(), repeats=1, tamper=_overwrite_page(0))
+        damaged = measure_strategy("process_vm_readv", remote, Options(), repeats=1, tamper=overwrite_page(0))
     finally:
         remote.close()
     assert clean["verified"]
@@ -174,56 +138,6 @@ def test_verify_memfd_compares_contents(source):
         os.close(fd)
 
 
-def _fake_thp(tmp_path: Path, top: str, per_size: str) -> Path:
-    def setting(choices: str, chosen: str) -> str:
-        return " ".join(f"[{choice}]" if choice == chosen else choice for choice in choices.split()) + "\n"
-
-    (tmp_path / "hugepages-2048kB").mkdir(parents=True)
-    (tmp_path / "shmem_enabled").write_text(setting("always within_size advise never deny force", top))
-    (tmp_path / "hugepages-2048kB" / "shmem_enabled").write_text(
-        setting("always inherit within_size advise never", per_size)
-    )
-    (tmp_path / "hpage_pmd_size").write_text("2097152\n")
-    return tmp_path
-
-
-@pytest.mark.parametrize(
-    ("top", "per_size", "reason"),
-    [
-        ("never", "inherit", "shmem_enabled is never (hugepages-2048kB/shmem_enabled is inherit)"),
-        ("deny", "inherit", "shmem_enabled is deny (hugepages-2048kB/shmem_enabled is inherit)"),
-        ("always", "never", "shmem_enabled is always (hugepages-2048kB/shmem_enabled is never)"),
-        ("never", "advise", None),
-        ("advise", "inherit", None),
-    ],
-)
-def test_thp_shmem_reason(tmp_path, monkeypatch, top, per_size, reason):
-    monkeypatch.setattr(conversion, "_SYSFS_THP", _fake_thp(tmp_path, top, per_size))
-    assert thp_shmem_unavailable(SIZE) == reason
-
-
-def _fake_hugetlb(tmp_path: Path, total: int, free: int, reserved: int = 0) -> Path:
-    folder = tmp_path / "hugepages-2048kB"
-    folder.mkdir(parents=True)
-    for name, value in (("nr_hugepages", total), ("free_hugepages", free), ("resv_hugepages", reserved)):
-        (folder / name).write_text(f"{value}\n")
-    return tmp_path
-
-
-@pytest.mark.parametrize(
-    ("total", "free", "reserved", "reason"),
-    [
-        (0, 0, 0, "no free hugetlb pages: nr_hugepages=0 (2048 kB pages)"),
-        (4, 4, 2, "not enough free hugetlb pages: 2 of nr_hugepages=4 free, 4 needed"),
-        (8, 4, 0, None),
-    ],
-)
-def test_hugetlb_reason(tmp_path, monkeypatch, total, free, reserved, reason):
-    monkeypatch.setattr(conversion, "_SYSFS_HUGETLB", _fake_hugetlb(tmp_path, total, free, reserved))
-    monkeypatch.setattr(conversion, "_meminfo_kib", lambda field: 2048)
-    assert hugetlb_unavailable(SIZE) == reason
-
-
 def test_unavailable_strategy_rows_carry_the_reason(monkeypatch):
     reason = "no free hugetlb pages: nr_hugepages=0 (2048 kB pages)"
     monkeypatch.setitem(STRATEGIES, "hugetlb", dataclasses.replace(STRATEGIES["hugetlb"], unavailable=lambda s: reason))
@@ -241,17 +155,6 @@ def test_bad_arguments_are_refused():
         run_conversion([SIZE + 1], [1])
     with pytest.raises(ValueError, match="thread counts"):
         run_conversion([SIZE], [numba.config.NUMBA_NUM_THREADS + 1])
-
-
-@pytest.mark.parametrize("parts", [1, 2, 3, 7])
-def test_slices_cover_the_size_in_whole_pages(parts):
-    size = 37 * PAGE_SIZE
-    slices = conversion._slices(size, parts)
-    assert len(slices) == parts
-    assert slices[0][0] == 0
-    assert all(offset % PAGE_SIZE == 0 and length % PAGE_SIZE == 0 for offset, length in slices)
-    assert all(a[0] + a[1] == b[0] for a, b in zip(slices, slices[1:], strict=False))
-    assert sum(length for _, length in slices) == size
 
 
 def test_cli_prints_json_with_the_required_fields(tmp_path):
@@ -282,24 +185,3 @@ def test_cli_refuses_an_unknown_strategy(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "unknown strategies" in result.output
-
-
-def test_first_touch_and_memcpy_seconds_time_this_machine():
-    seconds, all_huge = conversion.first_touch_seconds(4 << 20, threads=THREADS[-1])
-    assert seconds > 0 and all_huge is False  # advised against transparent huge pages
-    huge_seconds, _ = conversion.first_touch_seconds(4 << 20, huge=True)
-    assert huge_seconds > 0
-    assert conversion.memcpy_seconds(4 << 20, threads=THREADS[-1]) > 0
-
-
-def test_memcpy_seconds_checks_the_copy(monkeypatch):
-    monkeypatch.setattr(conversion, "_parallel_copy", lambda dst, src: None)
-    with pytest.raises(RuntimeError, match="wrong bytes"):
-        conversion.memcpy_seconds(1 << 20)
-
-
-def test_rate_measurements_refuse_bad_arguments():
-    with pytest.raises(ValueError, match="multiple of"):
-        conversion.first_touch_seconds(PAGE_SIZE + 1)
-    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
-        conversion.memcpy_seconds(PAGE_SIZE, threads=0)
