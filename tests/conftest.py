@@ -24,10 +24,18 @@ import pytest
 
 @pytest.fixture(scope="session")
 def lab_kernel():
-    """The cached lab kernel, built on first use (15-25 minutes on 2 cores)."""
+    """The cached lab kernel (7.2), built on first use."""
     from workbench.lab.kernel import build_kernel
 
     return build_kernel(progress=False)
+
+
+@pytest.fixture(scope="session")
+def lab_kernel_next():
+    """The next version's lab kernel (7.3, from Debian's experimental suite), built on first use."""
+    from workbench.lab.kernel import resolve_kernel
+
+    return resolve_kernel("7.3", progress=False)
 
 
 @pytest.fixture

@@ -57,3 +57,16 @@ def test_records_browser_filters_and_compares(store):
     browser.refresh()
     browser.runs.value = tuple(v for _, v in browser.runs.options)
     assert browser.table.options == ("t",)
+
+
+def test_cycle_panel_offers_every_kernel_to_boot_and_to_kexec_into(store):
+    from workbench.lab.kernel import KERNEL_VERSIONS
+
+    panel = CyclePanel(store=store)
+    names = [value for _, value in panel.kernel.options]
+    assert set(KERNEL_VERSIONS) <= {name.split("+")[0] for name in names}
+    assert panel.params().next_kernel is None and panel.target_choice().kernel == names[0]
+    panel.kernel.value = "7.3" if "7.3" in names else names[-1]
+    panel.next_kernel.value = names[0]
+    assert panel.params().next_kernel == names[0]
+    assert panel.target_choice().kernel == panel.kernel.value

@@ -105,15 +105,20 @@ def summarize(frame, limits: dict[str, float], params: dict[str, Any]) -> dict[s
     help="host: this machine; vm: inside the lab VM, each conversion then preserved by LUO, kexec'd, restored "
     "and verified (one cycle per size and thread count, one memfd per strategy).",
 )
+@click.option("--kernel", help="vm: the lab kernel to boot (7.2, 7.3, 7.2+deferred-init, a path; default 7.2).")
 @json_option
 @data_option
 @output_option
-def conversion_cmd(sizes, thread_counts, strategies, repeats, pipe_sizes, target, as_json, data_dir, output) -> None:
+def conversion_cmd(
+    sizes, thread_counts, strategies, repeats, pipe_sizes, target, kernel, as_json, data_dir, output
+) -> None:
     """Anonymous memory into memfds (copies, write, vmsplice+splice, process_vm_readv, huge pages), each
     verified page by page, against the machine's memcpy bandwidth and page allocation rate."""
     if target == "vm":
-        _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output)
+        _in_vm(sizes, thread_counts, strategies, kernel, as_json, data_dir, output)
         return
+    if kernel:
+        raise click.UsageError("--kernel is for --target vm (the host runs its own kernel)")
     from workbench.kernels.conversion import (
         DEFAULT_PIPE_SIZES,
         STRATEGIES,
@@ -205,7 +210,7 @@ def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str,
     }
 
 
-def _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output) -> None:
+def _in_vm(sizes, thread_counts, strategies, kernel, as_json, data_dir, output) -> None:
     from workbench.kernels.conversion import STRATEGIES
     from workbench.lab.conversion_bench import VM_SKIPPED, bench_in_vm
     from workbench.records import open_store
@@ -219,6 +224,7 @@ def _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output) -> None:
         "sizes": list(sizes or (64 << 20,)),
         "threads": list(thread_counts or (1,)),
         "strategies": chosen,
+        "kernel": kernel,
         "skipped": {name: why for name, why in VM_SKIPPED.items() if name not in chosen},
     }
 
@@ -228,7 +234,7 @@ def _in_vm(sizes, thread_counts, strategies, as_json, data_dir, output) -> None:
 
     def body(run) -> dict[str, Any]:
         frame, cycles = bench_in_vm(
-            params["sizes"], params["threads"], chosen, store=open_store(data_dir), on_event=progress
+            params["sizes"], params["threads"], chosen, store=open_store(data_dir), kernel=kernel, on_event=progress
         )
         summary = summarize_vm(frame, cycles, params)
         summary["tables"] = {"conversion_vm": frame}

@@ -27,7 +27,16 @@ from workbench.records import write_json_atomic
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fill pattern.")
 @click.option("--memory", "memory", type=SIZE, help="Guest RAM (default: enough for the memfds, at least 1G).")
 @click.option("--cpus", type=click.IntRange(1), default=2, show_default=True, help="Guest CPUs.")
-@click.option("--next-kernel", type=click.Path(dir_okay=False), help="bzImage to kexec into (a path on the SSH host).")
+@click.option(
+    "--kernel",
+    "kernel",
+    help="qemu: the lab kernel to boot: 7.2, 7.3, 7.2+deferred-init (variants after +), or a path; built on first "
+    "use (default: 7.2).",
+)
+@click.option(
+    "--next-kernel",
+    help="The kernel to kexec into: a lab kernel name as for --kernel (qemu), or a bzImage path (on the SSH host).",
+)
 @click.option("--next-config", type=click.Path(exists=True, dir_okay=False), help="The next kernel's .config.")
 @click.option("--kho-scratch", help="kho_scratch= boot parameter, e.g. 16M,64M,32M.")
 @click.option("--kernel-args", default="", help="Extra kernel command line arguments.")
@@ -110,6 +119,7 @@ def cycle(
     seed,
     memory,
     cpus,
+    kernel,
     next_kernel,
     next_config,
     kho_scratch,
@@ -167,6 +177,7 @@ def cycle(
         "convert_copier": convert_copier,
         "convert_threads": convert_threads,
         "pipe_size": pipe_size,
+        "kernel": kernel,
         "memory_mb": memory // (1 << 20) if memory else None,
         "cpus": cpus,
         "kho_scratch": kho_scratch,
@@ -274,6 +285,7 @@ _WORKLOAD_FLAGS = {
 _ALL_WORKLOAD_FLAGS = {k for flags in _WORKLOAD_FLAGS.values() for k in flags}
 #: the command line's options that are a target's options (each target refuses those it does not have)
 _TARGET_FLAGS = (
+    "kernel",
     "memory_mb",
     "cpus",
     "kho_scratch",

@@ -71,11 +71,15 @@ def run_notebook(name, parameters, data_dir, as_json) -> None:
 
 
 @click.command("demo")
-@click.option("--smoke", is_flag=True, help="Small parameters (what the test suite runs).")
+@click.option("--smoke", is_flag=True, help="Tiny parameters (what the test suite runs).")
+@click.option("--full", is_flag=True, help="The full sweeps (every size, thread count and repeat; ~20 minutes).")
 @click.option("--only", multiple=True, help="Only notebooks whose name contains this.")
 @data_option
-def demo(smoke, only, data_dir) -> None:
-    """The main job: run every notebook headless and write a static HTML report (one page each + index)."""
+def demo(smoke, full, only, data_dir) -> None:
+    """The main job: run every notebook headless and write a static HTML report (one page each + index). The
+    default parameters are meeting-sized (a few minutes with the lab kernel built)."""
+    if smoke and full:
+        fail("--smoke and --full exclude each other", 2)
     from workbench.notebooks import list_notebooks
 
     notebooks = [nb for nb in list_notebooks() if not only or any(o in nb.stem for o in only)]
@@ -83,7 +87,7 @@ def demo(smoke, only, data_dir) -> None:
         fail("no notebooks to run")
     store = _store_for_notebooks(data_dir)
     try:
-        index = _demo(store, notebooks, smoke)
+        index = _demo(store, notebooks, {"SMOKE": True} if smoke else {"FULL": True} if full else None)
     except DemoFailed as exc:
         fail(str(exc))
     click.echo(f"report: {index}")
@@ -93,17 +97,21 @@ class DemoFailed(RuntimeError):
     pass
 
 
-def _demo(store, notebooks, smoke):
+def _demo(store, notebooks, parameters):
     from workbench.notebooks import build_report
 
-    with store.run("demo", {"smoke": smoke, "notebooks": [nb.name for nb in notebooks]}) as run:
+    params = {
+        "smoke": bool(parameters and parameters.get("SMOKE")),
+        "full": bool(parameters and parameters.get("FULL")),
+    }
+    with store.run("demo", {**params, "notebooks": [nb.name for nb in notebooks]}) as run:
         out_dir = store.data_dir / "reports" / run.id
 
         def progress(nb, status, seconds):
             click.echo(f"  {nb.name}: {status} ({seconds:.0f} s)", err=True)
 
         click.echo(f"workbench demo: running {len(notebooks)} notebooks, report in {out_dir}", err=True)
-        index, rows = build_report(out_dir, notebooks, {"SMOKE": True} if smoke else None, progress)
+        index, rows = build_report(out_dir, notebooks, parameters, progress)
         failed = [r["notebook"] for r in rows if r["status"] != "ok"]
         run.update_result(report=str(index), notebooks=rows, failed=failed)
         if failed:

@@ -27,7 +27,8 @@ def bench_in_vm(
 ) -> tuple[pd.DataFrame, list[dict]]:
     """For every size (bytes) and thread count one cycle converting one memfd per strategy, the guest's own memcpy
     bandwidth and fault rate measured in the same boot; ``kernel`` is the :class:`~workbench.lab.kernel.LabKernel`
-    to boot (default: the lab kernel). Returns (rows, one per strategy and cycle; the cycles' results)."""
+    or the name of the kernel to boot (default: the lab kernel). Returns (rows, one per strategy and cycle; the
+    cycles' results)."""
     cycles, rows = [], []
     for size in sizes:
         for threads in thread_counts:

@@ -84,7 +84,14 @@ fi
 
 if [ -n "$sshd" ]; then
   cfg=/tmp/wb-results/sshd_config log=/tmp/wb-results/sshd.log
-  chroot /newroot /bin/sh -c "mkdir -p /run/sshd && $sshd -f $cfg -E $log" && echo "WB-MARK sshd-started"
+  if chroot /newroot /bin/sh -c "mkdir -p /run/sshd && $sshd -f $cfg -E $log"; then
+    # sshd's daemonized child listens a moment after its parent returns: "ready" means port 22 accepts
+    tries=0
+    while ! grep -q ':0016 00000000:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null && [ $tries -lt 600 ]; do
+      sleep 0.1; tries=$((tries + 1))
+    done
+    echo "WB-MARK sshd-started"
+  fi
 fi
 
 if [ "$phase" = shell ]; then

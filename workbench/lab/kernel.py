@@ -1,109 +1,117 @@
-"""The lab kernel: Linux from Debian's ``linux-source-<series>`` package with the KHO/LUO fragment, built once and
-cached in ``$XDG_CACHE_HOME/live-update-workbench/kernels/<version>-<config hash>/``."""
+"""The lab kernels: Linux from Debian's ``linux-source-<version>`` packages with the KHO/LUO fragment, optionally
+changed by variants and patches, built once and cached in
+``$XDG_CACHE_HOME/live-update-workbench/kernels/<version>[+<variant>...]-<config hash>[-<patch hash>]/``.
+
+A kernel is named the same way everywhere (:mod:`~workbench.lab.kernel_name`): ``7.2``, ``7.3``,
+``7.2+deferred-init``, ``7.2+deferred-init+kho-debug`` (variants compose in the order named), ``7.2+./my.patch``
+(a researcher's patch), or the path of a prebuilt kernel. :func:`resolve_kernel` turns a name into a
+:class:`LabKernel`, building it when it is not cached; :func:`list_kernels` lists the cache.
+
+The names, the configuration, the sources and the build are in :mod:`~workbench.lab.kernel_name`,
+:mod:`~workbench.lab.kernel_config`, :mod:`~workbench.lab.kernel_source` and :mod:`~workbench.lab.kernel_build`;
+the names callers use are importable from here too."""
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.lab.errors import KernelBuildError, KernelConfigError, KernelWithoutLiveUpdate
+from workbench.lab.kernel_build import (
+    ccache_env,
+    configure,
+    ensure_system_packages,
+    make_bzimage,
+    private_source_tree,
+    size_on_disk,
+)
+from workbench.lab.kernel_config import (
+    FRAGMENT,
+    REQUIRED_FOR_CYCLE,
+    config_hash,
+    load_variant,
+    missing_options,
+    parse_config,
+    require_live_update,
+)
+from workbench.lab.kernel_name import DEFAULT_VERSION, KERNEL_VERSIONS, KernelSpec, parse_kernel_name, prebuilt_files
+from workbench.lab.kernel_source import cache_lock, cache_root, source_tree, source_version
 
 __all__ = [
     "LabKernel",
+    "KernelSpec",
     "KernelBuildError",
     "KernelConfigError",
     "KernelWithoutLiveUpdate",
     "FRAGMENT",
     "REQUIRED_FOR_CYCLE",
+    "KERNEL_VERSIONS",
+    "DEFAULT_VERSION",
     "cache_root",
     "config_hash",
     "parse_config",
     "missing_options",
     "require_live_update",
+    "parse_kernel_name",
+    "prebuilt_kernel",
+    "list_kernels",
+    "kernel_choices",
     "cached_kernel",
     "build_kernel",
+    "resolve_kernel",
     "ensure_system_packages",
+    "running_kernel_config",
 ]
 
-LAB_DIR = Path(__file__).resolve().parent
-FRAGMENT = LAB_DIR / "kconfig" / "lab.config"
-SCRIPTS = LAB_DIR / "scripts"
-BASE_CONFIGS = ("x86_64_defconfig", "kernel/configs/kvm_guest.config")
-DEFAULT_SERIES = "7.2"
-# Object files a build of the default configuration compiles; only used to scale the progress bar.
+# Object files a build of the defconfig base compiles; only scales the progress bar until a build has counted them.
 _EXPECTED_OBJECTS = 2900
-REQUIRED_FOR_CYCLE = ("CONFIG_KEXEC_FILE", "CONFIG_KEXEC_HANDOVER", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD")
 
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "live-update-workbench"
-
-
-def config_hash(fragment: Path = FRAGMENT) -> str:
-    """Identifies a configuration: the base configs named in order, then the fragment's bytes."""
-    h = hashlib.sha256("".join(f"{c}\n" for c in BASE_CONFIGS).encode())
-    h.update(fragment.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def parse_config(text: str) -> dict[str, str]:
-    """A kernel ``.config`` (or fragment) as {option: value}; ``# CONFIG_X is not set`` gives ``"n"``."""
-    options = {}
-    for line in text.splitlines():
-        if m := re.match(r"(CONFIG_\w+)=(.*)", line):
-            options[m[1]] = m[2]
-        elif m := re.match(r"# (CONFIG_\w+) is not set", line):
-            options[m[1]] = "n"
-    return options
-
-
-def missing_options(fragment_text: str, config_text: str) -> list[str]:
-    """The fragment's settings that the final config does not have, as ``CONFIG_X=wanted (got value)``."""
-    have = parse_config(config_text)
-    out = []
-    for option, wanted in parse_config(fragment_text).items():
-        got = have.get(option, "n")
-        if got != wanted:
-            out.append(f"{option}={wanted} (got {got})")
-    return out
-
-
-def require_live_update(config_text: str, what: str) -> None:
-    """Raises :class:`KernelWithoutLiveUpdate` unless the config enables everything a cycle needs."""
-    have = parse_config(config_text)
-    lacking = [o for o in REQUIRED_FOR_CYCLE if have.get(o) != "y"]
-    if lacking:
-        raise KernelWithoutLiveUpdate(
-            f"{what} is built without {', '.join(lacking)}: it cannot preserve memfds across kexec. "
-            "Use the lab kernel (`workbench kernel build`) or rebuild with those options."
-        )
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version))
 
 
 @dataclass(frozen=True)
 class LabKernel:
-    """A built kernel in the cache."""
+    """A built kernel: in the cache (its folder holds ``bzImage``, ``vmlinux``, ``config``, ``build.log`` and
+    ``manifest.json``), or prebuilt elsewhere (``image`` and ``config_path`` then say where its files are)."""
 
     path: Path
     version: str
     config_hash: str
     release: str
     build_seconds: float | None = None
+    series: str | None = None
+    variants: tuple[str, ...] = ()
+    patches: tuple[str, ...] = ()
+    patch_hash: str | None = None
+    base: str | None = None
+    objects: int | None = None
+    ccache: dict[str, float] | None = field(default=None, compare=False)
+    size_bytes: int | None = None
+    built_at: str | None = None
+    image: Path | None = None
+    config_path: Path | None = None
+    prebuilt: bool = False
+
+    @property
+    def name(self) -> str:
+        """The name that gives this kernel back (:func:`parse_kernel_name`), but for a researcher's patches."""
+        if self.prebuilt or self.series is None:
+            return str(self.image or self.path)
+        return "+".join([self.series, *self.variants])
 
     @property
     def bzimage(self) -> Path:
-        return self.path / "bzImage"
+        return self.image or self.path / "bzImage"
 
     @property
     def vmlinux(self) -> Path:
@@ -111,7 +119,7 @@ class LabKernel:
 
     @property
     def config_file(self) -> Path:
-        return self.path / "config"
+        return self.config_path or self.path / "config"
 
     @property
     def build_log(self) -> Path:
@@ -121,21 +129,37 @@ class LabKernel:
     def config(self) -> dict[str, str]:
         return parse_config(self.config_file.read_text())
 
+    def disk_usage(self) -> int:
+        """Bytes that deleting the kernel's folder would free (from the manifest when the build recorded it)."""
+        return self.size_bytes if self.size_bytes is not None else size_on_disk(self.path)
+
     def as_dict(self) -> dict[str, object]:
         return {
+            "name": self.name,
             "path": str(self.path),
             "version": self.version,
+            "series": self.series,
             "release": self.release,
+            "variants": list(self.variants),
+            "patches": list(self.patches),
+            "patch_hash": self.patch_hash,
+            "base": self.base,
             "config_hash": self.config_hash,
             "bzimage": str(self.bzimage),
             "vmlinux": str(self.vmlinux),
             "config": str(self.config_file),
             "build_log": str(self.build_log),
             "build_seconds": self.build_seconds,
+            "objects": self.objects,
+            "ccache": self.ccache,
+            "size_bytes": self.size_bytes,
+            "built_at": self.built_at,
+            "prebuilt": self.prebuilt,
         }
 
     @classmethod
     def load(cls, path: Path) -> LabKernel:
+        """The kernel whose folder is ``path`` (it has a ``manifest.json``)."""
         manifest = json.loads((path / "manifest.json").read_text())
         return cls(
             path=path,
@@ -143,131 +167,153 @@ class LabKernel:
             config_hash=manifest["config_hash"],
             release=manifest["release"],
             build_seconds=manifest.get("build_seconds"),
+            series=manifest.get("series"),
+            variants=tuple(manifest.get("variants", ())),
+            patches=tuple(manifest.get("patches", ())),
+            patch_hash=manifest.get("patch_hash"),
+            base=manifest.get("base", "defconfig"),  # builds from before bases had names
+            objects=manifest.get("objects"),
+            ccache=manifest.get("ccache"),
+            size_bytes=manifest.get("size_bytes"),
+            built_at=manifest.get("built_at"),
         )
 
 
-def cached_kernel(series: str = DEFAULT_SERIES, fragment: Path = FRAGMENT) -> LabKernel | None:
-    """The newest cached build of ``series`` with this fragment, or None."""
-    key = config_hash(fragment)
+def prebuilt_kernel(path: Path) -> LabKernel:
+    """The kernel at ``path``: a cached kernel's folder, or a kernel built elsewhere (see
+    :func:`~workbench.lab.kernel_name.prebuilt_files`). Raises :class:`UnknownName` when it is neither."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir() and (path / "manifest.json").exists():
+        return LabKernel.load(path)
+    files = prebuilt_files(path)
+    return LabKernel(
+        path=files.folder,
+        version=m[0] if (m := re.match(r"\d+\.\d+(\.\d+)?", files.release)) else files.release,
+        config_hash=hashlib.sha256(files.config.read_bytes()).hexdigest()[:12],
+        release=files.release,
+        image=files.image,
+        config_path=files.config,
+        prebuilt=True,
+    )
+
+
+def _spec(kernel: KernelSpec | str) -> KernelSpec:
+    return kernel if isinstance(kernel, KernelSpec) else parse_kernel_name(kernel)
+
+
+def list_kernels() -> list[LabKernel]:
+    """Every kernel in the cache (a folder with a manifest), by version, then name, then build time."""
     found = []
-    for manifest in (cache_root() / "kernels").glob(f"{series}.*-{key}/manifest.json"):
+    for manifest in (cache_root() / "kernels").glob("*/manifest.json"):
         try:
             found.append(LabKernel.load(manifest.parent))
         except (OSError, ValueError, KeyError):
             continue
-    found.sort(key=lambda k: tuple(int(x) for x in re.findall(r"\d+", k.version)))
+    return sorted(found, key=lambda k: (_version_key(k.version), k.name, k.built_at or ""))
+
+
+def kernel_choices() -> list[tuple[str, str]]:
+    """(label, name) for every kernel a user can pick: the cached ones (newest build of each name), then the
+    versions not built yet (built on first use)."""
+    newest = {k.name: k for k in list_kernels() if not k.prebuilt}
+    choices = [(f"{name} ({k.release})", name) for name, k in newest.items()]
+    choices += [(f"{v} (built on first use)", v) for v in KERNEL_VERSIONS if v not in newest]
+    return choices
+
+
+def cached_kernel(kernel: KernelSpec | str = DEFAULT_VERSION, fragment: Path = FRAGMENT) -> LabKernel | None:
+    """The newest cached build of ``kernel`` (a :class:`KernelSpec` or a name) with the lab ``fragment``, or
+    None; a prebuilt kernel is returned as it is."""
+    spec = _spec(kernel)
+    if spec.prebuilt is not None:
+        return prebuilt_kernel(spec.prebuilt)
+    key, patches = spec.config(fragment).hash(), spec.patch_hash()
+    found = [
+        k
+        for k in list_kernels()
+        if k.series == spec.version and k.config_hash == key and k.patch_hash == patches and not k.prebuilt
+    ]
     return found[-1] if found else None
 
 
-def ensure_system_packages() -> None:
-    """Installs the Debian packages the lab needs (the project's script; a no-op when all are present)."""
-    result = subprocess.run(["bash", str(SCRIPTS / "install-system-deps.sh")], capture_output=True, text=True)
-    if result.returncode:
-        raise KernelBuildError(result.stderr.strip() or "installing system packages failed")
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None, what: str = "") -> None:
-    with open(log, "a") as out:
-        out.write(f"\n$ {' '.join(cmd)}\n")
-        out.flush()
-        result = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if result.returncode:
-        raise KernelBuildError(f"{what or cmd[0]} failed (exit {result.returncode}); see {log}")
-
-
-def _source_tree(series: str, log: Path) -> Path:
-    src_root = cache_root() / "src"
-    tree = src_root / f"linux-source-{series}"
-    if (tree / ".workbench-extracted").exists():
-        return tree
-    debs = sorted(src_root.glob(f"linux-source-{series}_*.deb"))
-    if not debs:
-        _run(
-            ["bash", str(SCRIPTS / "fetch-linux-source.sh"), series, str(src_root), str(cache_root() / "apt")],
-            log,
-            what=f"downloading Debian's linux-source-{series}",
-        )
-        debs = sorted(src_root.glob(f"linux-source-{series}_*.deb"))
-    if not debs:
-        raise KernelBuildError(f"linux-source-{series} was not downloaded; see {log}")
-    shutil.rmtree(tree, ignore_errors=True)
-    _run(
-        [
-            "bash",
-            "-o",
-            "pipefail",
-            "-c",
-            f"dpkg-deb --fsys-tarfile '{debs[-1]}' | tar -xO ./usr/src/linux-source-{series}.tar.xz "
-            f"| xz -d -T0 | tar -x -C '{src_root}'",
-        ],
-        log,
-        what="unpacking the kernel source",
-    )
-    (tree / ".workbench-extracted").write_text(debs[-1].name)
-    return tree
-
-
-def _source_version(tree: Path) -> str:
-    make = (tree / "Makefile").read_text()
-    parts = [re.search(rf"^{k}\s*=\s*(\S*)", make, re.M) for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL")]
-    return ".".join(p[1] for p in parts if p and p[1])
+def _expected_objects(base: str) -> int:
+    counted = [k.objects for k in list_kernels() if k.base == base and k.objects]
+    return counted[-1] if counted else _EXPECTED_OBJECTS
 
 
 def build_kernel(
-    series: str = DEFAULT_SERIES,
+    kernel: KernelSpec | str = DEFAULT_VERSION,
     fragment: Path = FRAGMENT,
     jobs: int | None = None,
     progress: Callable[[int, int], None] | bool = True,
 ) -> LabKernel:
-    """Returns the cached lab kernel, building it first if needed (15-25 minutes on 2 cores).
-
-    ``progress`` is a callback ``(objects_done, objects_expected)``, or True for a tqdm bar on stderr."""
-    if (kernel := cached_kernel(series, fragment)) is not None:
-        return kernel
-    key = config_hash(fragment)
-    with _locked(cache_root() / "kernels" / f".lock-{series}-{key}"):
-        if (kernel := cached_kernel(series, fragment)) is not None:
-            return kernel
+    """Returns the cached ``kernel`` (a :class:`KernelSpec` or a name), building it first if needed (15-25
+    minutes on 2 cores without ccache hits). ``fragment``: the lab fragment; ``jobs``: parallel ``make`` jobs
+    (default: CPUs + 1); ``progress``: a callback ``(objects_done, objects_expected)``, or True for a tqdm bar on
+    stderr. A patch that does not apply raises :class:`KernelBuildError` and leaves nothing in the cache."""
+    spec = _spec(kernel)
+    if (found := cached_kernel(spec, fragment)) is not None:
+        return found
+    key = spec.key(fragment)
+    kernels = cache_root() / "kernels"
+    with cache_lock(kernels / f".lock-{spec.version}-{key}"):
+        if (found := cached_kernel(spec, fragment)) is not None:
+            return found
         started = time.monotonic()
         ensure_system_packages()
-        staging_log = cache_root() / "kernels" / f"build-{series}-{key}.log"
-        staging_log.write_text(f"workbench lab kernel build, {time.ctime()}\n")
-        tree = _source_tree(series, staging_log)
-        version = _source_version(tree)
-        out = cache_root() / "kernels" / f"{version}-{key}"
-        build = out / "build"
-        build.mkdir(parents=True, exist_ok=True)
+        staging_log = kernels / f"build-{spec.version}-{key}.log"
+        staging_log.write_text(f"workbench lab kernel build of {spec.name}, {time.ctime()}\n")
+        tree = source_tree(spec.version, staging_log)
+        version = source_version(tree)
+        out = kernels / spec.folder_name(version, fragment)
+        out.mkdir(parents=True, exist_ok=True)
         log = out / "build.log"
         with open(log, "a") as f:
             f.write(staging_log.read_text())
         staging_log.unlink(missing_ok=True)
-        _configure(tree, build, fragment, log)
-        _make(tree, build, log, jobs or (os.cpu_count() or 1) + 1, progress)
+        patches = spec.all_patches()
+        try:
+            source = private_source_tree(tree, out / "source", patches)
+        except KernelBuildError:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        config = spec.config(fragment)
+        ccache = ccache_env(cache_root())
+        build = out / "build"
+        configure(source, build, config, log, ccache)
+        outcome = make_bzimage(
+            source,
+            build,
+            log,
+            jobs=jobs or (os.cpu_count() or 1) + 1,
+            ccache=ccache,
+            progress=progress,
+            expected_objects=_expected_objects(spec.base),
+            local_version=config.local_version_suffix,
+        )
         release = (build / "include" / "config" / "kernel.release").read_text().strip()
         for name, src in (("bzImage", build / "arch/x86/boot/bzImage"), ("vmlinux", build / "vmlinux")):
             (out / name).unlink(missing_ok=True)
             os.link(src, out / name)
         shutil.copyfile(build / ".config", out / "config")
+        variant_patches = {p: f"{p.parent.name}/{p.name}" for v in spec.variants for p in load_variant(v).patches}
         manifest = {
             "version": version,
-            "series": series,
-            "config_hash": key,
+            "series": spec.version,
+            "variants": list(spec.variants),
+            "patches": [variant_patches.get(p, p.name) for p in patches],
+            "patch_hash": spec.patch_hash(),
+            "base": spec.base,
+            "config_hash": config.hash(),
             "release": release,
             "fragment": fragment.read_text(),
-            "base_configs": list(BASE_CONFIGS),
+            "base_configs": [config.base.target, *config.base.tree_fragments, *(p.name for p in config.base.fragments)],
+            "variant_configs": {v.name: v.config.read_text() for v in config.variants if v.config},
+            "objects": outcome.objects,
+            "ccache": outcome.ccache,
             "build_seconds": time.monotonic() - started,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "size_bytes": size_on_disk(out),
         }
         tmp = out / "manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
@@ -275,55 +321,24 @@ def build_kernel(
         return LabKernel.load(out)
 
 
-def _configure(tree: Path, build: Path, fragment: Path, log: Path) -> None:
-    _run(["make", "-C", str(tree), f"O={build}", BASE_CONFIGS[0]], log, what="make defconfig")
-    _run(
-        [str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(build), str(build / ".config")]
-        + [str(tree / c) for c in BASE_CONFIGS[1:]]
-        + [str(fragment)],
-        log,
-        cwd=tree,
-        env={**os.environ, "KCONFIG_CONFIG": str(build / ".config")},
-        what="merging the config fragment",
-    )
-    _run(["make", "-C", str(tree), f"O={build}", "olddefconfig"], log, what="make olddefconfig")
-    missing = missing_options(fragment.read_text(), (build / ".config").read_text())
-    if missing:
-        raise KernelConfigError(
-            f"these options of {fragment} did not survive olddefconfig (a dependency is missing): {'; '.join(missing)}"
-        )
-
-
-def _make(tree: Path, build: Path, log: Path, jobs: int, progress) -> None:
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=_EXPECTED_OBJECTS, desc="building the lab kernel", unit="obj", leave=False)
-    done = 0
-    with open(log, "a") as out:
-        out.write(f"\n$ make -j{jobs} bzImage\n")
-        proc = subprocess.Popen(
-            ["make", "-C", str(tree), f"O={build}", f"-j{jobs}", "bzImage"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            if line.lstrip().startswith(("CC ", "AS ", "LD ")):
-                done += 1
-                if bar is not None:
-                    bar.total = max(bar.total, done)
-                    bar.update(1)
-                elif callable(progress):
-                    progress(done, _EXPECTED_OBJECTS)
-        code = proc.wait()
-    if bar is not None:
-        bar.close()
-    if code:
-        raise KernelBuildError(f"the kernel build failed (exit {code}); see {log}")
+def resolve_kernel(
+    kernel: KernelSpec | str,
+    *,
+    build: bool = True,
+    jobs: int | None = None,
+    progress: Callable[[int, int], None] | bool = True,
+) -> LabKernel:
+    """The :class:`LabKernel` that ``kernel`` (a name or a :class:`KernelSpec`) names: a prebuilt kernel as it
+    is, else the cached build, else (with ``build``) a new build with ``progress`` (see :func:`build_kernel`).
+    Without ``build``, a kernel that is not cached raises :class:`KernelBuildError`."""
+    spec = _spec(kernel)
+    if (found := cached_kernel(spec)) is not None:
+        return found
+    if not build:
+        flags = [f"--version {spec.version}", *(f"--variant {v}" for v in spec.variants)]
+        flags += [f"--patch {p}" for p in spec.patches]
+        raise KernelBuildError(f"the kernel {spec.name} is not built: `workbench kernel build {' '.join(flags)}`")
+    return build_kernel(spec, jobs=jobs, progress=progress)
 
 
 def running_kernel_config() -> str | None:

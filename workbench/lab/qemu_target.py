@@ -15,7 +15,7 @@ from workbench.environment import REPO_ROOT
 from workbench.lab.accel import AccelChoice, choose_accelerator
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.initramfs import build_initramfs
-from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update
+from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update, resolve_kernel
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, Request, continue_flag
 from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
@@ -58,7 +58,9 @@ def _config_of(next_kernel: Path, explicit: str | None) -> str | None:
 @register
 @dataclass
 class QemuTarget(Target):
-    """``kernel``: the lab kernel to boot (default: built from the lab's configuration, cached);
+    """``kernel``: the lab kernel to boot, a :class:`LabKernel` or a name (``7.2``, ``7.3``, ``7.2+deferred-init``,
+    a path; see :func:`~workbench.lab.kernel_name.parse_kernel_name`), built on first use (default: the lab's
+    default kernel);
     ``memory_mb``: guest RAM (default: what the workload needs); ``cpus``; ``tcg_threads``: ``single`` (all vCPUs
     on one host thread, the default: see :class:`VMConfig`) or ``multi``; ``kho_scratch``, ``kernel_args``: the
     boot command line; ``live_update``: boot with ``kho=on liveupdate=on``; ``dump_after``: phases after which a
@@ -67,7 +69,7 @@ class QemuTarget(Target):
 
     name = "qemu"
 
-    kernel: LabKernel | None = None
+    kernel: LabKernel | str | None = None
     memory_mb: int | None = None
     cpus: int = 2
     tcg_threads: str = "single"
@@ -78,6 +80,8 @@ class QemuTarget(Target):
     dump_format: str = "elf"
     ram_file: bool = False
     qemu_args: list[str] = field(default_factory=list)
+    #: the kernel to kexec into, found by :meth:`prepare` (None: the one that booted)
+    next: LabKernel | Path | None = field(default=None, init=False, repr=False, compare=False)
 
     def validate(self, workload: Workload, params: CycleParams) -> None:
         super().validate(workload, params)
@@ -94,25 +98,41 @@ class QemuTarget(Target):
             raise InvalidCycle(f"guest memory {self.memory_mb} MiB is too small: give at least 256M")
 
     def prepare(self, workload: Workload, params: CycleParams) -> None:
+        if isinstance(self.kernel, str):
+            self.kernel = resolve_kernel(self.kernel)
         self.kernel = self.kernel or build_kernel()
         require_live_update(self.kernel.config_file.read_text(), f"the lab kernel {self.kernel.bzimage}")
-        if params.next_kernel:
-            nxt = Path(params.next_kernel)
-            if not nxt.exists():
+        self.next = self.next_kernel(params)
+
+    @staticmethod
+    def next_kernel(params: CycleParams) -> LabKernel | Path | None:
+        """The kernel to kexec into: a :class:`LabKernel` for a kernel name (built on first use), the bzImage for a
+        file given with its config beside it or ``next_config``, None for the one that booted."""
+        if not params.next_kernel:
+            return None
+        nxt = Path(params.next_kernel)
+        if not nxt.is_file():
+            if "/" in params.next_kernel and not nxt.exists():
                 raise FileNotFoundError(f"next kernel {nxt} does not exist")
-            text = _config_of(nxt, params.next_config)
-            if text is None:
-                raise InvalidCycle(
-                    f"cannot tell whether {nxt} supports KHO/LUO: put its config beside it (config or .config) "
-                    "or pass --next-config"
-                )
-            require_live_update(text, f"the next kernel {nxt}")
+            lab = resolve_kernel(params.next_kernel)
+            require_live_update(lab.config_file.read_text(), f"the next kernel {lab.name}")
+            return lab
+        text = _config_of(nxt, params.next_config)
+        if text is None:
+            raise InvalidCycle(
+                f"cannot tell whether {nxt} supports KHO/LUO: put its config beside it (config or .config) "
+                "or pass --next-config"
+            )
+        require_live_update(text, f"the next kernel {nxt}")
+        return nxt
 
     def memory_for(self, workload: Workload) -> int:
         return self.memory_mb or workload.memory_mb()
 
     def record_params(self) -> dict[str, Any]:
+        kernel = self.kernel.name if isinstance(self.kernel, LabKernel) else self.kernel
         return {
+            "kernel": kernel,
             "memory_mb": self.memory_mb,
             "cpus": self.cpus,
             "tcg_threads": self.tcg_threads,
@@ -159,7 +179,8 @@ class QemuRunner(MarkRunner):
     def execute(self) -> dict[str, Any]:
         p, t, w = self.p, self.target, self.workload
         initrd = build_initramfs()
-        next_kernel = Path(p.next_kernel) if p.next_kernel else self.kernel.bzimage
+        nxt = t.next
+        next_kernel = nxt.bzimage if isinstance(nxt, LabKernel) else (nxt or self.kernel.bzimage)
         accel = choose_accelerator(self.kernel.bzimage, initrd)
         self.run.update_environment(
             target_kernel_release=self.kernel.release,
@@ -168,6 +189,7 @@ class QemuRunner(MarkRunner):
             accelerator=accel.accel,
             accelerator_reason=accel.reason,
             qemu_version=qemu_version(),
+            next_kernel_release=nxt.release if isinstance(nxt, LabKernel) else None if nxt else self.kernel.release,
         )
         tcg = accel.accel == "tcg"
         if tcg:

@@ -85,7 +85,7 @@ class Target:
     @classmethod
     def option_names(cls) -> set[str]:
         """The options :meth:`from_spec` takes (by default the class's fields)."""
-        return {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:

@@ -10,7 +10,9 @@ import ipywidgets as w
 
 import workbench.plotting
 from workbench.lab.cycle import PHASES
+from workbench.lab.kernel import kernel_choices
 from workbench.lab.params import CycleParams
+from workbench.lab.qemu_target import QemuTarget
 from workbench.lab.workload import Workload, make_workload
 from workbench.records import RecordStore
 from workbench.units import parse_size
@@ -41,18 +43,17 @@ class CyclePanel(w.VBox):
         memfd_size: str = "64M",
         session: str = "workbench",
         convert: str = "",
+        kernel: str | None = None,
         store: RecordStore | None = None,
         controller: CycleController | None = None,
     ):
         self.controller = controller or CycleController(store)
-        from workbench.lab.kernel import cached_kernel
-
-        kernel = cached_kernel()
+        choices = kernel_choices()
+        if kernel is not None and kernel not in [name for _, name in choices]:
+            choices.insert(0, (kernel, kernel))
         self.target = w.Dropdown(options=[("lab VM (QEMU on this machine)", "qemu")], description="target")
-        self.kernel = w.Dropdown(
-            options=[(f"lab kernel {kernel.release}" if kernel else "lab kernel (built on first run)", "")],
-            description="next kernel",
-        )
+        self.kernel = w.Dropdown(options=choices, value=kernel or choices[0][1], description="kernel")
+        self.next_kernel = w.Dropdown(options=[("the same kernel", "")] + choices, value="", description="next kernel")
         self.memfds = w.BoundedIntText(value=memfds, min=0, max=64, description="memfds")
         self.memfd_size = w.Text(value=memfd_size, description="memfd size")
         self.session = w.Text(value=session, description="session")
@@ -79,7 +80,9 @@ class CyclePanel(w.VBox):
         self.cancel_button.on_click(lambda _: self.controller.cancel())
         self.controller.observe(self._changed)
         self.convert.observe(lambda _: self._show_convert_row(), names="value")
-        form = w.VBox([self.target, self.kernel, self.memfds, self.memfd_size, self.session, self.convert])
+        form = w.VBox(
+            [self.target, self.kernel, self.next_kernel, self.memfds, self.memfd_size, self.session, self.convert]
+        )
         self.rows = {p: w.HBox([self.bars[p], self.times[p]]) for p in PHASES}
         progress = w.VBox(list(self.rows.values()))
         self._show_convert_row()
@@ -104,11 +107,15 @@ class CyclePanel(w.VBox):
         return make_workload("memfd", **common)
 
     def params(self) -> CycleParams:
-        return CycleParams(session=self.session.value)
+        return CycleParams(session=self.session.value, next_kernel=self.next_kernel.value or None)
+
+    def target_choice(self) -> QemuTarget:
+        """The lab VM booting the chosen kernel (built in the worker on first use)."""
+        return QemuTarget(kernel=self.kernel.value)
 
     def start(self) -> None:
         try:
-            self.controller.start(self.workload(), self.params())
+            self.controller.start(self.workload(), self.params(), target=self.target_choice())
         except (ValueError, RuntimeError) as exc:
             self.status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
 

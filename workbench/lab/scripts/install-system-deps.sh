@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential bc flex bison libelf-dev libssl-dev dwarves cpio xz-utils zstd rsync
+  build-essential bc flex bison libelf-dev libssl-dev dwarves cpio xz-utils zstd rsync ccache patch
   qemu-system-x86 qemu-utils kexec-tools busybox-static
   openssh-server openssh-client criu
   chromium fonts-dejavu-core
