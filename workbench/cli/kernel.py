@@ -142,11 +142,12 @@ def list_(as_json) -> None:
     if not rows:
         click.echo("(no lab kernel built yet: `workbench kernel build`)")
         return
-    header = ("NAME", "RELEASE", "CONFIG", "PATCHES", "SIZE", "BUILD", "PATH")
+    header = ("NAME", "RELEASE", "BASE", "CONFIG", "PATCHES", "SIZE", "BUILD", "PATH")
     table = [
         (
             r["name"],
             r["release"],
+            r["base"] or "-",
             r["config_hash"],
             ", ".join(r["patches"]) or "-",
             _size(r["size_bytes"]),
