@@ -30,14 +30,6 @@ def lab_kernel():
     return build_kernel(progress=False)
 
 
-@pytest.fixture(scope="session")
-def lab_kernel_next():
-    """The next version's lab kernel (7.3, from Debian's experimental suite), built on first use."""
-    from workbench.lab.kernel import resolve_kernel
-
-    return resolve_kernel("7.3", progress=False)
-
-
 @pytest.fixture
 def store(tmp_path):
     from workbench.records import RecordStore

@@ -53,7 +53,14 @@ def test_spec_checks_its_fields():
 def test_keys_follow_configuration_and_patches(tmp_path):
     plain = KernelSpec("7.2")
     assert plain.key() == config_hash() and plain.patch_hash() is None
-    assert KernelSpec("7.3").key() == plain.key()  # the version is a separate part of the cache key
+    # the version is a separate part of the cache key; 7.3's key differs by its own lean-base-7.3.config only
+    assert KernelSpec("7.3", base="defconfig").key() == KernelSpec("7.2", base="defconfig").key()
+    assert [p.name for p in KernelSpec("7.3").config().project_fragments()] == [
+        "lean-base.config",
+        "lean-base-7.3.config",
+        "lab.config",
+    ]
+    assert KernelSpec("7.3").key() != plain.key()
     a, b = tmp_path / "a.patch", tmp_path / "b.patch"
     a.write_text("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-1\n+2\n")
     b.write_text("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-1\n+3\n")

@@ -266,7 +266,8 @@ def build_kernel(
         tree = source_tree(spec.version, staging_log)
         version = source_version(tree)
         out = kernels / spec.folder_name(version, fragment)
-        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)  # what a failed build left (no manifest: not a kernel), under the lock
+        out.mkdir(parents=True)
         log = out / "build.log"
         with open(log, "a") as f:
             f.write(staging_log.read_text())

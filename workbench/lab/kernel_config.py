@@ -8,6 +8,7 @@ silently different kernel. :func:`config_hash` identifies a configuration; the c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,13 @@ class KernelBase:
     target: str
     tree_fragments: tuple[str, ...]
     fragments: tuple[Path, ...] = ()
+
+    def for_version(self, version: str) -> KernelBase:
+        """This base for kernel ``version``: each project fragment ``NAME.config`` is followed by
+        ``NAME-<version>.config`` where that exists (what a version renamed or added, e.g. 7.3's ``SYSCTL``)."""
+        extra = [p.with_name(f"{p.stem}-{version}.config") for p in self.fragments]
+        fragments = [f for pair in zip(self.fragments, extra, strict=True) for f in pair if f.is_file()]
+        return dataclasses.replace(self, fragments=tuple(fragments))
 
 
 BASES = {

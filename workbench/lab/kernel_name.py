@@ -75,7 +75,8 @@ class KernelSpec:
         """The configuration this kernel is built from, with the lab ``fragment``."""
         own = patch_hash([Path(p) for p in self.patches])
         variants = tuple(load_variant(v) for v in self.variants)
-        return KernelConfig(BASES[self.base], fragment, variants, patch_tag=f"p{own[:8]}" if own else "")
+        base = BASES[self.base].for_version(self.version)
+        return KernelConfig(base, fragment, variants, patch_tag=f"p{own[:8]}" if own else "")
 
     def key(self, fragment: Path = FRAGMENT) -> str:
         """The cache key after the version: the config hash, then the patch hash if there are patches."""
