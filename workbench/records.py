@@ -16,13 +16,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ from workbench.environment import REPO_ROOT, boot_id, snapshot
 __all__ = [
     "RecordStore",
     "RunRecord",
+    "StoredRun",
+    "StoredTable",
     "ActiveRun",
     "RecordStoreError",
     "RunNotFound",
@@ -45,6 +48,7 @@ __all__ = [
     "open_store",
     "write_json_atomic",
     "STATUSES",
+    "RUN_ID_PATTERN",
 ]
 
 FORMAT_NAME = "live-update-workbench-records"
@@ -102,6 +106,10 @@ def default_data_dir() -> Path:
         return REPO_ROOT / "data"
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "live-update-workbench"
+
+
+RUN_ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
+"""What :func:`new_run_id` makes (UTC start time and a random suffix), matched with ``fullmatch``."""
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -182,6 +190,38 @@ class RunRecord:
             "tables": self.table_names,
             "artifacts_dir": str(self.artifacts_dir) if self.artifacts_dir else None,
         }
+
+
+@dataclass
+class StoredTable:
+    """One measurement table exactly as stored: its name, row count and Parquet bytes."""
+
+    name: str
+    nrows: int
+    parquet: bytes
+
+
+@dataclass
+class StoredRun:
+    """One run exactly as the store holds it (times as Unix seconds, JSON columns decoded), with all its tables;
+    what :meth:`RecordStore.stored_run` reads and :meth:`RecordStore.insert_runs` writes."""
+
+    id: str
+    kind: str
+    params: dict[str, Any]
+    started: float
+    ended: float | None
+    status: str
+    error: str | None
+    environment: dict[str, Any]
+    result: dict[str, Any]
+    tables: list[StoredTable] = field(default_factory=list)
+
+    ROW_FIELDS = ("id", "kind", "params", "started", "ended", "status", "error", "environment", "result")
+
+    def row(self) -> dict[str, Any]:
+        """The run's row (every field but the tables) as plain JSON values."""
+        return {name: getattr(self, name) for name in self.ROW_FIELDS}
 
 
 class ActiveRun:
@@ -468,6 +508,77 @@ class RecordStore:
             raise CorruptRecord(
                 f"table {name!r} of run {run_id} in {self.path} is damaged ({exc}); the other runs are unaffected"
             ) from exc
+
+    def stored_run(self, run_id: str) -> StoredRun:
+        """The run with exactly this id and all its tables, as stored, read in one transaction. Raises
+        :class:`RunNotFound`, or :class:`CorruptRecord` when a JSON column cannot be decoded."""
+        db = self._connect()
+        db.execute("BEGIN")
+        try:
+            row = db.execute(f"SELECT {self._COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            tables = db.execute(
+                "SELECT name, nrows, parquet FROM tables WHERE run_id = ? ORDER BY name", (run_id,)
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        if row is None:
+            raise RunNotFound(run_id)
+        _, kind, params, started, ended, status, error, environment, result = row
+        try:
+            decoded = [json.loads(params), json.loads(environment), json.loads(result or "{}")]
+        except (ValueError, TypeError) as exc:
+            raise CorruptRecord(f"run {run_id} in {self.path} cannot be decoded: {exc}") from exc
+        return StoredRun(
+            id=run_id,
+            kind=kind,
+            params=decoded[0],
+            started=started,
+            ended=ended,
+            status=status,
+            error=error,
+            environment=decoded[1],
+            result=decoded[2],
+            tables=[StoredTable(name, nrows, bytes(blob)) for name, nrows, blob in tables],
+        )
+
+    def insert_runs(self, runs: Sequence[StoredRun], before_commit: Callable[[], None] | None = None) -> None:
+        """Adds complete, finished runs (rows and tables, ids kept) in ONE transaction: all of them or none.
+        ``before_commit`` is called inside the transaction, after the rows are written; if it raises, nothing is
+        stored. The runs get no writer, so no reader ever judges them as still being written. Raises
+        :class:`RecordStoreError` for a ``running`` run or an id the store already has."""
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for run in runs:
+                if run.status not in STATUSES or run.status == "running":
+                    raise RecordStoreError(f"run {run.id} cannot be added with status {run.status!r}")
+                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
+                    raise RecordStoreError(f"{self.path} already has a run {run.id}; nothing was added")
+                db.execute(
+                    f"INSERT INTO runs ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.id,
+                        run.kind,
+                        _dumps(run.params),
+                        run.started,
+                        run.ended,
+                        run.status,
+                        run.error,
+                        _dumps(run.environment),
+                        _dumps(run.result),
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO tables (run_id, name, nrows, parquet) VALUES (?, ?, ?, ?)",
+                    [(run.id, t.name, t.nrows, t.parquet) for t in run.tables],
+                )
+            if before_commit is not None:
+                before_commit()
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def compare(self, run_ids: list[str], name: str) -> pd.DataFrame:
         """The table ``name`` of several runs stacked, with a ``run_id`` column first."""

@@ -70,3 +70,28 @@ def test_cycle_panel_offers_every_kernel_to_boot_and_to_kexec_into(store):
     panel.next_kernel.value = names[0]
     assert panel.params().next_kernel == names[0]
     assert panel.target_choice().kernel == panel.kernel.value
+
+
+def test_records_browser_reruns_one_run_and_shows_the_verdict(store):
+    from workbench.experiments.bench_metadata import record_bench_metadata
+
+    summary, _ = record_bench_metadata(
+        store,
+        {"memory_bytes": 1 << 30, "memory": 1 << 30, "folio_mix": {"4096": 1.0}, "sparsity": 0.5,
+         "fragmentation": 1.0, "memfds": 2, "seed": 1},
+    )  # fmt: skip
+    with store.run("inspect", {"target": "live"}):
+        pass
+    browser = RecordsBrowser(store)
+    ids = [value for _, value in browser.runs.options]
+    browser.runs.value = (ids[1],)  # the inspection cannot be re-run: the button says why
+    assert browser.rerun_button.disabled and "cannot be re-run" in browser.rerun_button.tooltip
+    browser.runs.value = tuple(ids)
+    assert browser.rerun_button.disabled
+    browser.runs.value = (summary["record_id"],)
+    assert not browser.rerun_button.disabled
+    browser.rerun()
+    assert browser.rerunner.wait(120) == "done", browser.rerunner.error
+    assert browser.rerunner.report.original_id == summary["record_id"]
+    assert "fields differ" in browser.rerun_status.value and not browser.rerun_button.disabled
+    assert browser.rerun_out.outputs  # the comparison table

@@ -329,9 +329,15 @@ class _Timer:
         self.seconds += time.perf_counter() - self._start
 
 
-def _warm_up() -> None:
-    """Compiles (or loads from cache) every kernel on a tiny map so that no timing includes the JIT."""
-    benchmark(Workload(PAGE_SIZE << _MIN_BLOCK_ORDER, memfds=1), window=1 << 15, _warm=False)
+def _warm_up(workload: Workload | None = None) -> None:
+    """Runs every kernel once on a small map (of ``workload``'s folio sizes and sparsity when given) so that no
+    timing includes the JIT or the first use of a code path."""
+    if workload is None:
+        workload = Workload(PAGE_SIZE << _MIN_BLOCK_ORDER, memfds=1)
+    else:
+        block = PAGE_SIZE << workload.block_order
+        workload = Workload(block * 64, workload.folio_mix, workload.sparsity, workload.fragmentation, 2, 0)
+    benchmark(workload, window=1 << 15, _warm=False)
 
 
 def benchmark(workload: Workload, window: int = 1 << 22, *, _warm: bool = True) -> dict:
@@ -341,7 +347,7 @@ def benchmark(workload: Workload, window: int = 1 << 22, *, _warm: bool = True) 
     ``tables`` entry: ``structures`` (one row per structure) and ``orders`` (folios per order).
     """
     if _warm:
-        _warm_up()
+        _warm_up(workload)
     smap = generate_map(workload)
     total_folios = smap.folios
     total_pages = smap.pages

@@ -6,6 +6,7 @@ import click
 
 from workbench import __version__
 from workbench.cli.records import records
+from workbench.cli.records_rerun import rerun_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -14,6 +15,7 @@ def main() -> None:
     """Live Update Workbench: KHO/LUO preserve, kexec and restore cycles, benchmarks and inspection."""
 
 
+records.add_command(rerun_cmd)
 main.add_command(records)
 
 

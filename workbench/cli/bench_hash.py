@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.common import SIZE, data_option, json_option, output_option, run_recorded
+from workbench.cli.common import SIZE, data_option, json_option, output_option, print_summary
 
 
 @click.command("hash")
@@ -15,13 +15,8 @@ from workbench.cli.common import SIZE, data_option, json_option, output_option, 
 @output_option
 def hash_cmd(size, repeats, as_json, data_dir, output) -> None:
     """Page fingerprint (XXH3-64 per 4 KiB page) throughput against a plain parallel read of the same memory."""
-    from workbench.kernels.pagehash import benchmark
+    from workbench.experiments.bench_hash import record_bench_hash
+    from workbench.records import open_store
 
-    run_recorded(
-        "bench.hash",
-        {"size": size, "repeats": repeats},
-        lambda run: benchmark(size, repeats),
-        data_dir=data_dir,
-        output=output,
-        as_json=as_json,
-    )
+    summary, path = record_bench_hash(open_store(data_dir), {"size": size, "repeats": repeats}, output=output)
+    print_summary(summary, path, as_json)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.common import SIZE, data_option, json_option, output_option, run_recorded
+from workbench.cli.common import SIZE, data_option, json_option, output_option, print_summary
 
 
 def _folio_mix(ctx: click.Context, param: click.Parameter, value: str) -> dict[int, float]:
@@ -43,18 +43,13 @@ def _folio_mix(ctx: click.Context, param: click.Parameter, value: str) -> dict[i
 def metadata_cmd(memory, folio_mix, sparsity, fragmentation, memfds, seed, as_json, data_dir, output) -> None:
     """Preserved-memory metadata: size, encode and decode speed of the 7.2 KHO radix tree against a sparse
     bitmap map, a flat (pfn, order) array and the memfd folio arrays, on a synthetic host."""
-    from workbench.abi.design_space import Workload, benchmark
+    from workbench.abi.design_space import Workload
+    from workbench.experiments.bench_metadata import metadata_params, record_bench_metadata
+    from workbench.records import open_store
 
     try:
         workload = Workload(memory, folio_mix, sparsity, fragmentation, memfds, seed)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    params = workload.params() | {"memory": memory}
-    run_recorded(
-        "bench.metadata",
-        params,
-        lambda run: benchmark(workload),
-        data_dir=data_dir,
-        output=output,
-        as_json=as_json,
-    )
+    summary, path = record_bench_metadata(open_store(data_dir), metadata_params(workload), output=output)
+    print_summary(summary, path, as_json)

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from workbench.records import open_store, write_json_atomic
+from workbench.records import open_store
 from workbench.units import parse_size
 
-__all__ = ["SIZE", "json_option", "data_option", "output_option", "run_recorded"]
+__all__ = ["SIZE", "json_option", "data_option", "output_option", "run_recorded", "print_summary"]
 
 
 class _SizeType(click.ParamType):
@@ -47,24 +47,23 @@ def output_option(f):
     )(f)
 
 
-def run_recorded(kind: str, params: dict[str, Any], body, *, data_dir=None, output=None, as_json=False) -> dict:
-    """Runs ``body(run)`` inside an experiment record, stores its returned summary (and ``tables``, a dict of
-    DataFrames, if it returns one under that key), writes the JSON result file and prints it."""
+def print_summary(summary: dict[str, Any], path, as_json: bool) -> None:
+    """Prints a recorded summary as JSON, or as ``key: value`` lines and where its JSON file is."""
     from workbench.cli.output import emit_json
 
-    store = open_store(data_dir)
-    with store.run(kind, params) as run:
-        summary = body(run)
-        tables = summary.pop("tables", {})
-        for name, frame in tables.items():
-            run.add_table(name, frame)
-        summary["record_id"] = run.id
-        run.update_result(**{k: v for k, v in summary.items() if k != "record_id"})
-        path = write_json_atomic(output or (run.artifacts_dir / f"{kind}.json"), summary)
     if as_json:
         emit_json(summary)
-    else:
-        for key, value in summary.items():
-            click.echo(f"{key}: {value}")
-        click.echo(f"written to {path}")
+        return
+    for key, value in summary.items():
+        click.echo(f"{key}: {value}")
+    click.echo(f"written to {path}")
+
+
+def run_recorded(kind: str, params: dict[str, Any], body, *, data_dir=None, output=None, as_json=False) -> dict:
+    """Runs ``body(run)`` inside an experiment record (:func:`workbench.experiments.recording.record_summary`) and
+    prints the summary."""
+    from workbench.experiments.recording import record_summary
+
+    summary, path = record_summary(open_store(data_dir), kind, params, body, output=output)
+    print_summary(summary, path, as_json)
     return summary

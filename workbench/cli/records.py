@@ -1,11 +1,13 @@
-"""``workbench records``: list, show and compare experiment records."""
+"""``workbench records``: list, show and compare experiment records, and export and import them as archives."""
 
 from __future__ import annotations
 
 import click
 
 from workbench.cli.output import emit_frame, emit_json, fail
+from workbench.record_archive import export_records, import_records
 from workbench.records import STATUSES, RecordStoreError, RunNotFound, open_store
+from workbench.units import format_size
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -88,3 +90,63 @@ def compare(run_ids, table_name, data_dir, as_json) -> None:
         emit_frame(open_store(data_dir).compare(list(run_ids), table_name), as_json)
     except (RunNotFound, KeyError, RecordStoreError) as exc:
         fail(str(exc))
+
+
+@records.command("export")
+@click.argument("run_ids", nargs=-1, required=True, metavar="ID...")
+@click.option(
+    "--to", "path", required=True, type=click.Path(dir_okay=False), help="The archive file to write (a zip file)."
+)
+@click.option("--no-artifacts", is_flag=True, help="Leave the runs' artifact folders (logs, vmcores) out.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Record folder (default: data/).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def export(run_ids, path, no_artifacts, data_dir, as_json) -> None:
+    """Write runs to one archive file, to share them.
+
+    Each ID is a run id or a unique part of one. The archive (a zip file) holds each run's row, tables and
+    artifacts, and the environment it was written on; `workbench records import` adds it to another record
+    folder."""
+    try:
+        summary = export_records(open_store(data_dir), list(run_ids), path, artifacts=not no_artifacts)
+    except RecordStoreError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(summary.as_dict())
+        return
+    click.echo(f"exported {len(summary.run_ids)} run(s) to {summary.path} ({format_size(summary.bytes)}):")
+    for run_id in summary.run_ids:
+        click.echo(f"  {run_id}")
+    click.echo(
+        f"{summary.tables} table(s), {summary.artifact_files} artifact file(s) "
+        f"({format_size(summary.artifact_bytes)}){'; artifacts left out' if no_artifacts else ''}"
+    )
+    for skipped in summary.skipped_artifacts:
+        click.echo(f"  not archived: {skipped}")
+
+
+@records.command("import")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), help="Record folder (default: data/).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def import_(path, data_dir, as_json) -> None:
+    """Add the runs of an exported archive: all of them, or none.
+
+    The whole archive is checked first: a damaged or foreign file is refused and nothing is imported. Runs the
+    folder already has with the same content are skipped; a run with the same id but other content refuses the
+    import."""
+    try:
+        summary = import_records(open_store(data_dir), path)
+    except RecordStoreError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(summary.as_dict())
+        return
+    click.echo(f"{summary.path}: written {summary.created} on {summary.exported_on}")
+    for run_id in summary.imported:
+        click.echo(f"  imported         {run_id}")
+    for run_id in summary.already_present:
+        click.echo(f"  already present  {run_id}")
+    click.echo(
+        f"imported {len(summary.imported)} run(s) ({summary.tables} table(s), {summary.artifact_files} artifact "
+        f"file(s)); {len(summary.already_present)} already present"
+    )

@@ -10,6 +10,7 @@ to the agent's first line in the new kernel."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from workbench.lab.errors import CycleCancelled, CycleFailed, Unverified
 from workbench.lab.params import PAUSE_POINTS, CycleParams
 from workbench.lab.runner import CycleEvent, MarkRunner
 from workbench.lab.target import Target, target_class
-from workbench.lab.workload import Workload, workload_class
+from workbench.lab.workload import Workload, make_workload, workload_class
 from workbench.records import RecordStore, open_store
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "run_cycle",
     "run_cycles",
     "record_cycle",
+    "cycle_from_record",
 ]
 
 #: the phases of the memfd workloads as a panel shows them
@@ -71,6 +73,19 @@ def run_cycle(
         {"target": target.label, **params.record_params(), **workload.record_params(), **target.record_params()},
         lambda run: target.runner(workload, params, run, on_event, cancel, on_pause),
     )
+
+
+def cycle_from_record(params: dict[str, Any]) -> tuple[Workload, CycleParams, Target]:
+    """The workload, cycle parameters and target of a ``lab.cycle`` record's ``params`` (flat, as
+    :func:`run_cycle` records them), to run the same cycle again. A kernel recorded by name is built again if the
+    cache no longer has it, when the target gets ready."""
+    name = params.get("workload", "memfd")
+    fields = {f.name for f in dataclasses.fields(workload_class(name))}  # type: ignore[arg-type]
+    workload = make_workload(name, **{k: v for k, v in params.items() if k in fields})
+    cycle_fields = {f.name for f in dataclasses.fields(CycleParams)}
+    cycle = CycleParams(**{k: v for k, v in params.items() if k in cycle_fields})
+    target = target_class(str(params.get("target", "qemu")).partition(":")[0]).from_record(params)
+    return workload, cycle, target
 
 
 def check(workload: Workload, params: CycleParams, target: Target) -> None:

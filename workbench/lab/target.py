@@ -83,6 +83,12 @@ class Target:
         return [cls(**options)]
 
     @classmethod
+    def from_record(cls, params: dict[str, Any]) -> Target:
+        """The target a ``lab.cycle`` record's parameters describe (its :meth:`record_params`, flat among the
+        cycle's and the workload's), to run the cycle again."""
+        return cls(**{name: params[name] for name in cls.option_names() if name in params})
+
+    @classmethod
     def option_names(cls) -> set[str]:
         """The options :meth:`from_spec` takes (by default the class's fields)."""
         return {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]

@@ -29,7 +29,14 @@ from typing import Any
 import paramiko
 
 from workbench.lab.cycle import run_cycle
-from workbench.lab.errors import CycleCancelled, CycleFailed, PreconditionFailed, SshTargetError, ThisMachineRefused
+from workbench.lab.errors import (
+    CycleCancelled,
+    CycleFailed,
+    InvalidCycle,
+    PreconditionFailed,
+    SshTargetError,
+    ThisMachineRefused,
+)
 from workbench.lab.inventory import Inventory, LabHost, default_inventory_path, load_inventory, resolve_hosts
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Request, parse_mark
@@ -491,6 +498,17 @@ class SshTarget(Target):
         overrides = {k: options.pop(k) for k in ("key", "known_hosts", "next_initrd", "results_dir") if k in options}
         inventory = load_inventory(path or default_inventory_path(data_dir), missing_ok=path is None)
         return [cls(host.replace(**overrides), **options) for host in resolve_hosts(rest, inventory)]
+
+    @classmethod
+    def from_record(cls, params: dict[str, Any]) -> Target:
+        """The host a ``lab.cycle`` record ran on, by its address (its key and known hosts from the default
+        inventory when it lists that address)."""
+        ssh = params.get("ssh") or {}
+        if not ssh.get("address"):
+            raise InvalidCycle("the record names no SSH host address to run the cycle on again")
+        options = {k: ssh[k] for k in ("results_dir", "next_initrd") if ssh.get(k)}
+        (target,) = cls.from_spec(ssh["address"], {"dry_run": bool(params.get("dry_run")), **options})
+        return target
 
     def prepare(self, workload: Workload, params: CycleParams) -> None:
         if params.next_kernel:

@@ -1,0 +1,121 @@
+"""The JSON summary of a conversion benchmark on this machine (``workbench bench conversion``): per strategy its
+fastest combination at the largest size, against the machine's limits measured in the same run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["summarize", "summarize_vm", "plain_value", "TABLE_COLUMNS", "VM_COLUMNS"]
+
+_STRATEGY_FIELDS = (
+    "bytes_per_s",
+    "ratio_to_memcpy",
+    "seconds",
+    "alloc_s",
+    "copy_s",
+    "copier",
+    "threads",
+    "pipe_size",
+    "pipe_size_obtained",
+    "size",
+)
+
+
+TABLE_COLUMNS = [
+    "strategy",
+    "copier",
+    "size",
+    "threads",
+    "pipe_size",
+    "seconds",
+    "alloc_s",
+    "copy_s",
+    "bytes_per_s",
+    "ratio_to_memcpy",
+    "verified",
+    "reason",
+]
+
+
+def plain_value(value: Any) -> Any:
+    """``value`` as plain JSON: numpy scalars as Python ones, NaN and infinities as ``None``."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _strategy_summary(rows) -> dict[str, Any]:
+    """The fastest available combination at the largest size measured, and whether every combination verified."""
+    available = rows[rows["available"]]
+    summary: dict[str, Any] = {
+        "available": bool(len(available)),
+        "verified": bool(len(available)) and bool(available["verified"].all()),
+        "reason": "; ".join(dict.fromkeys(reason for reason in rows["reason"] if reason)),
+    }
+    largest = available[available["size"] == available["size"].max()]
+    if len(largest):
+        best = largest.loc[largest["bytes_per_s"].idxmax()]
+        summary.update({field: plain_value(best[field]) for field in _STRATEGY_FIELDS})
+    else:
+        summary.update(dict.fromkeys(_STRATEGY_FIELDS))
+    return summary
+
+
+def summarize(frame, limits: dict[str, float], params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary of a :func:`~workbench.kernels.conversion.run_conversion` result: the parameters, the
+    limits, per strategy its best ``bytes_per_s`` and ``ratio_to_memcpy``, and every row."""
+    strategies = {name: _strategy_summary(rows) for name, rows in frame.groupby("strategy", sort=False)}
+    return {
+        **params,
+        **{key: plain_value(value) for key, value in limits.items()},
+        "all_verified": all(s["verified"] for s in strategies.values() if s["available"]),
+        "unavailable": {name: s["reason"] for name, s in strategies.items() if not s["available"]},
+        "strategies": strategies,
+        "rows": [{key: plain_value(value) for key, value in row.items()} for row in frame.to_dict("records")],
+    }
+
+
+VM_COLUMNS = [
+    "strategy",
+    "copier",
+    "size",
+    "threads",
+    "convert_s",
+    "bytes_per_s",
+    "ratio_to_memcpy",
+    "preserve_s",
+    "blackout_s",
+    "retrieve_s",
+    "verify_s",
+    "end_to_end_s",
+    "verified",
+]
+
+
+def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary of :func:`workbench.lab.conversion_bench.bench_in_vm`: per strategy (largest size, its
+    fastest thread count) the conversion rate, ``ratio_to_memcpy`` against the guest's memcpy measured in the same
+    boot, and the end-to-end time to a verified memfd after the kexec; the guest's limits; every row."""
+    strategies: dict[str, Any] = {}
+    for name, rows in frame.groupby("strategy", sort=False):
+        largest = rows[rows["size"] == rows["size"].max()]
+        best = largest.loc[largest["bytes_per_s"].idxmax()]
+        strategies[name] = {key: plain_value(best[key]) for key in VM_COLUMNS if key != "strategy"}
+        strategies[name]["verified"] = bool(rows["verified"].all())
+    limits = cycles[-1].get("target_limits", {}) if cycles else {}
+    return {
+        **params,
+        "target": "vm",
+        "accelerator": cycles[-1].get("accelerator") if cycles else None,
+        **{f"guest_{key}": plain_value(value) for key, value in limits.items()},
+        "memcpy_bytes_per_s": plain_value(limits.get("memcpy_bytes_per_s")),
+        "anon_to_survived_s": [c.get("anon_to_survived_s") for c in cycles],
+        "cycle_records": [c.get("record_id") for c in cycles],
+        "all_verified": bool(len(frame)) and bool(frame["verified"].all()) and all(c["verified"] for c in cycles),
+        "unavailable": {},
+        "strategies": strategies,
+        "rows": [{key: plain_value(value) for key, value in row.items()} for row in frame.to_dict("records")],
+    }
