@@ -33,7 +33,8 @@ ADDRESS = _AddressType()
 
 @click.group("abi")
 def abi() -> None:
-    """The Linux 7.2 handover ABI (KHO FDT, preserved-memory radix tree, LUO, memfd) read from raw memory."""
+    """The handover ABI (KHO FDT, preserved-memory radix tree, LUO, memfd): decoded from raw memory, compared
+    between two kernels."""
 
 
 @abi.command("decode")
@@ -146,3 +147,114 @@ def _report(handover) -> dict:
         "preserved_by_order": by_order,
         "unpreserved_references": handover.unpreserved_references(),
     }
+
+
+@abi.command("diff")
+@click.argument("kernel_a", metavar="A")
+@click.argument("kernel_b", metavar="B")
+@json_option
+def diff(kernel_a, kernel_b, as_json) -> None:
+    """Compares the handover ABI of kernel A (handing over) and kernel B (taking over), from their own files.
+
+    A and B are kernel names (7.2, 7.3, 7.2+luo-compat-mismatch) or kernel folders. Compared: every struct, union
+    and enum of include/linux/kho/abi/*.h as each vmlinux's DWARF lays it out; every compatible string and version
+    those headers define, looked up in each vmlinux; and the KHO radix-tree key of the same (pfn, order) pairs, from
+    each kernel's own key functions compiled with cc. The verdict is compatible, incompatible (with the reasons)
+    or undetermined (the keys could not be compared).
+    """
+    from workbench.cli.output import emit_json, fail
+    from workbench.inspect.abi_diff import abi_diff, kernel_abi_source
+    from workbench.inspect.errors import InspectError
+    from workbench.lab.errors import LabError
+    from workbench.lab.kernel import resolve_kernel
+
+    try:
+        sources = [kernel_abi_source(resolve_kernel(name)) for name in (kernel_a, kernel_b)]
+        result = abi_diff(*sources)
+    except (LabError, InspectError, FileNotFoundError, ValueError) as exc:
+        fail(f"abi diff {kernel_a} {kernel_b}: {exc}")
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    _print_diff(result)
+
+
+def _print_diff(result) -> None:
+    import pandas as pd
+
+    from workbench.cli.output import emit_frame
+
+    for label, kernel, headers in (("A", result.a, result.headers_a), ("B", result.b, result.headers_b)):
+        click.echo(f"{label}: {kernel.name} ({kernel.release}), {len(headers)} ABI headers in {kernel.source}")
+    click.echo(f"\nstructs ({len(result.structs)} declared by include/linux/kho/abi/*.h):")
+    structs = pd.DataFrame(
+        [
+            {
+                "subsystem": s.subsystem,
+                "type": s.c_name,
+                "header": s.header,
+                "size A": "-" if s.size_a is None else s.size_a,
+                "size B": "-" if s.size_b is None else s.size_b,
+                "status": s.status + (" (names only)" if s.status == "differs" and not s.breaking else ""),
+            }
+            for s in result.structs
+        ]
+    )
+    emit_frame(structs)
+    for s in result.structs:
+        for change in s.changes:
+            click.echo(f"  {s.c_name}: {change}")
+    click.echo("\ncompatible strings and versions:")
+    strings = pd.DataFrame(
+        [
+            {
+                "subsystem": c.subsystem,
+                "macro": c.macro,
+                "A": "-" if c.a is None else c.a,
+                "B": "-" if c.b is None else c.b,
+                "in vmlinux A": c.section_a or ("-" if c.kind == "string" else "n/a"),
+                "in vmlinux B": c.section_b or ("-" if c.kind == "string" else "n/a"),
+                "status": c.status,
+            }
+            for c in result.compatible_strings
+        ]
+    )
+    emit_frame(strings)
+    click.echo(f"\nradix-tree keys: {_radix_summary(result.radix_keys)}")
+    click.echo(f"\nverdict: {result.verdict}")
+    for reason in result.reasons:
+        click.echo(f"  - {reason}")
+    if result.notes:
+        click.echo("notes:")
+        for note in result.notes:
+            click.echo(f"  - {note}")
+
+
+def _radix_summary(check) -> str:
+    if check is None:
+        return "not compared"
+    if check.status == "impossible":
+        return f"impossible: {check.reason}"
+    facts = [f"{check.status} on {check.pairs} (pfn, order) pairs, orders {min(check.orders)}..{max(check.orders)}"]
+    for value, agree, differ in (
+        (check.keys_agree, "keys agree", "keys DIFFER"),
+        (check.paths_agree, "tree paths agree", "tree paths DIFFER"),
+        (check.cross_decode_agrees, "each decodes the other's keys", "a kernel MISDECODES the other's keys"),
+        (check.workbench_agrees, "the workbench's encoder agrees with A", "the workbench's encoder DIFFERS from A"),
+    ):
+        if value is not None:
+            facts.append(agree if value else differ)
+    lines = ["; ".join(facts)]
+    lines.append(
+        f"  A: {check.functions_a['encoder']} ({check.files_a['encoder']}); "
+        f"B: {check.functions_b['encoder']} ({check.files_b['encoder']})"
+    )
+    for row in check.examples:
+        keys = f"{row['key_a']:#x}" if row["key_a"] == row["key_b"] else f"{row['key_a']:#x} / {row['key_b']:#x}"
+        lines.append(f"  pfn {row['pfn']:#x}, order {row['order']}: key {keys}")
+    for row in check.mismatches[:5]:
+        lines.append(
+            f"  differs: pfn {row['pfn']:#x}, order {row['order']}: A {row['key_a']:#x} path {row['path_a']}, "
+            f"B {row['key_b']:#x} path {row['path_b']}"
+        )
+    return "\n".join(lines)

@@ -166,6 +166,7 @@ def record_cycle(store: RecordStore, record_params: dict[str, Any], make_runner:
                 exc.record_id = run.id
                 run.update_result(
                     failed_phase=exc.phase,
+                    diagnosis=exc.diagnosis,
                     serial_log=str(exc.serial_log),
                     run_dir=str(runner.workdir),
                     **runner.failure_details(),

@@ -60,7 +60,8 @@ class KernelWithoutLiveUpdate(LabError):
 
 class CycleFailed(LabError):
     """A cycle did not complete. ``phase`` says where, ``serial_log`` what the target printed (the serial console
-    of a VM; the agent's output over SSH, ``log_name`` says which)."""
+    of a VM; the agent's output over SSH, ``log_name`` says which), ``diagnosis`` what that log says went wrong
+    (a refused handover, a panic)."""
 
     def __init__(
         self,
@@ -75,6 +76,8 @@ class CycleFailed(LabError):
         self.serial_log = serial_log
         self.record_id = record_id
         self.log_name = log_name
+        #: what the target's log says went wrong (:meth:`workbench.lab.diagnosis.Diagnosis.as_dict`), if anything
+        self.diagnosis: dict | None = None
 
     def __str__(self) -> str:
         where = f"; {self.log_name}: {self.serial_log}" if self.serial_log else ""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from workbench.lab.diagnosis import diagnose_file
 from workbench.lab.errors import CycleCancelled, CycleFailed, TargetLost
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, parse_mark, read_json, state_file
@@ -92,7 +93,15 @@ class MarkRunner:
         return None
 
     def fail(self, message: str, phase: str | None = None, kind: type[CycleFailed] = CycleFailed) -> CycleFailed:
-        return kind(message, phase or self.phase, self.log_path, log_name=self.log_name)
+        """The error to raise for a failure: ``message``, with what the target's log says went wrong (a refused
+        handover, a panic and where) appended and kept as the error's ``diagnosis``."""
+        diagnosis = diagnose_file(self.log_path) if self.log_path else None
+        summary = diagnosis.summary() if diagnosis else None
+        exc = kind(
+            f"{message}: {summary}" if summary else message, phase or self.phase, self.log_path, log_name=self.log_name
+        )
+        exc.diagnosis = diagnosis.as_dict() if summary else None
+        return exc
 
     def source_stopped(self, what: str) -> str:
         return f"the target stopped while {what}"

@@ -68,6 +68,7 @@ class Target:
             "verified": False,
             "error": str(exc),
             "failed_phase": exc.phase,
+            "diagnosis": exc.diagnosis,
             "serial_log": str(exc.serial_log),
             "record_id": exc.record_id,
         }
