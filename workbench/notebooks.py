@@ -1,21 +1,36 @@
-"""Running the notebooks headless (papermill), recording each run, and exporting a static HTML report."""
+"""The notebooks: finding them, running one headless (papermill), exporting it to a static HTML page, and a
+recorded run of one (:func:`record_notebook`, what ``workbench run-notebook`` does). The report built from them (a
+front page of findings over every notebook's page) is :mod:`workbench.report`."""
 
 from __future__ import annotations
 
-import html
 import os
 import re
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.environment import REPO_ROOT
+from workbench.report.collect import headlines_of
+from workbench.report.errors import BadHeadline, NotebookFailed, UnknownNotebook
 
-__all__ = ["NOTEBOOK_DIR", "list_notebooks", "find_notebook", "execute", "export_html", "build_report"]
+if TYPE_CHECKING:
+    from workbench.records import RecordStore
+
+__all__ = [
+    "NOTEBOOK_DIR",
+    "RECORD_KIND",
+    "list_notebooks",
+    "find_notebook",
+    "notebook_title",
+    "execute",
+    "export_html",
+    "record_notebook",
+]
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: the kind of the records :func:`record_notebook` makes
+RECORD_KIND = "notebook"
 
 
 def list_notebooks(directory: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -41,14 +56,21 @@ def execute(
     parameters: dict[str, Any] | None = None,
     timeout_s: int = 3600,
     log_output: bool = False,
+    data_dir: Path | None = None,
 ) -> Path:
     """Executes ``notebook`` top to bottom in a fresh Jupyter kernel, writing the executed copy to ``output``.
-    Raises papermill's ``PapermillExecutionError`` (which names the failing cell) on any error."""
+    Raises papermill's ``PapermillExecutionError`` (which names the failing cell) on any error.
+
+    :param data_dir: the record folder the notebook's kernel writes to (its ``WORKBENCH_DATA``); default: this
+        process's"""
     import papermill
 
     output.parent.mkdir(parents=True, exist_ok=True)
     env_before = os.environ.get("PYDEVD_DISABLE_FILE_VALIDATION")
+    data_before = os.environ.get("WORKBENCH_DATA")
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    if data_dir is not None:
+        os.environ["WORKBENCH_DATA"] = str(Path(data_dir).resolve())
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -63,6 +85,11 @@ def execute(
     finally:
         if env_before is None:
             os.environ.pop("PYDEVD_DISABLE_FILE_VALIDATION", None)
+        if data_dir is not None:
+            if data_before is None:
+                os.environ.pop("WORKBENCH_DATA", None)
+            else:
+                os.environ["WORKBENCH_DATA"] = data_before
     return output
 
 
@@ -82,7 +109,8 @@ def export_html(executed: Path, html_path: Path) -> Path:
     return html_path
 
 
-def _title(notebook: Path) -> str:
+def notebook_title(notebook: Path) -> str:
+    """The first Markdown heading of ``notebook``, or its file stem when it has none."""
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
@@ -94,70 +122,55 @@ def _title(notebook: Path) -> str:
     return notebook.stem
 
 
-@contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
-    """Sends file descriptor 2 (and so the Jupyter kernels started meanwhile, which inherit it) to ``path``: their
-    start-up warnings belong in the report's log, not between the demo's progress lines."""
-    import sys
+def record_notebook(
+    store: RecordStore, notebook: str | Path, parameters: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Runs ``notebook`` top to bottom in a fresh Jupyter kernel, recorded as a ``notebook`` run whose parameters
+    are ``{"notebook": <file name>, **parameters}`` and whose result has ``executed`` (the executed copy in the
+    run's folder), ``html`` (its page) and ``headlines`` (see :func:`~workbench.report.collect.headlines_of`).
+    The notebook's own records go to the same store.
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def build_report(
-    out_dir: Path,
-    notebooks: Iterable[Path],
-    parameters: dict[str, Any] | None = None,
-    on_notebook: Callable[[Path, str, float], None] | None = None,
-) -> tuple[Path, list[dict[str, Any]]]:
-    """Executes each notebook and writes one HTML page per notebook plus ``index.html`` into ``out_dir``.
-    A notebook that fails still gets a page (its executed copy up to the error) and is marked failed."""
+    :param store: the record store (the notebook's kernel gets its folder as ``WORKBENCH_DATA``)
+    :param notebook: a notebook's path, file name, or a unique part of its name (``tour``, ``10``)
+    :param parameters: overrides of the notebook's parameters cell, e.g. ``{"SMOKE": True}``
+    :returns: ``notebook``, ``record_id``, ``executed``, ``html`` and ``headlines``
+    :raises ~workbench.report.errors.UnknownNotebook: no notebook, or several, match ``notebook``
+    :raises ~workbench.report.errors.NotebookFailed: a cell raised, or a headline is malformed; the record (its
+        id is in the exception and its message) is kept as failed, with the executed copy up to the error
+    """
     from papermill.exceptions import PapermillExecutionError
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for nb in notebooks:
-        executed = out_dir / "executed" / nb.name
-        t0 = time.monotonic()
-        status, error = "ok", None
+    path = Path(notebook)
+    if not (path.suffix == ".ipynb" and path.exists()):
         try:
-            with _stderr_to(out_dir / "kernels.log"):
-                execute(nb, executed, parameters)
+            path = find_notebook(str(notebook))
+        except FileNotFoundError as exc:
+            raise UnknownNotebook(str(exc)) from None
+    params = dict(parameters or {})
+    with store.run(RECORD_KIND, {"notebook": path.name, **params}) as run:
+        executed = run.artifacts_dir / path.name
+        failure, cause = None, None
+        try:
+            execute(path, executed, params, data_dir=store.data_dir)
         except PapermillExecutionError as exc:
-            status, error = "failed", f"{exc.ename}: {exc.evalue}"
-        page = export_html(executed, out_dir / f"{nb.stem}.html") if executed.exists() else None
-        seconds = time.monotonic() - t0
-        if on_notebook:
-            on_notebook(nb, status, seconds)
-        rows.append(
-            {
-                "notebook": nb.name,
-                "title": _title(nb),
-                "status": status,
-                "error": error,
-                "seconds": seconds,
-                "page": page.name if page else None,
-            }
-        )
-    items = "\n".join(
-        f'<li class="{r["status"]}"><a href="{html.escape(r["page"] or "")}">{html.escape(r["title"])}</a> '
-        f"<small>{html.escape(r['notebook'])}: {r['status']} in {r['seconds']:.0f} s"
-        f"{' (' + html.escape(r['error']) + ')' if r['error'] else ''}</small></li>"
-        for r in rows
-    )
-    index = out_dir / "index.html"
-    index.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>Live Update Workbench report</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}li{margin:.5em 0}"
-        ".failed a{color:#b00}</style></head><body><h1>Live Update Workbench report</h1>"
-        f"<p>Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.</p><ol>{items}</ol></body></html>"
-    )
-    return index, rows
+            failure, cause = f"{path.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}", exc
+        except Exception as exc:  # noqa: BLE001 - the kernel died or timed out: the notebook failed all the same
+            failure, cause = f"{path.name} stopped: {type(exc).__name__}: {exc}", exc
+        page = export_html(executed, run.artifacts_dir / f"{path.stem}.html") if executed.exists() else None
+        headlines: list[dict[str, Any]] = []
+        if executed.exists():
+            try:
+                headlines = headlines_of(executed, page.name if page else None)
+            except BadHeadline as exc:
+                if failure is None:
+                    failure, cause = f"{path.name} published a malformed headline: {exc}", exc
+        run.update_result(executed=str(executed), html=str(page) if page else None, headlines=headlines)
+        if failure:
+            raise NotebookFailed(f"{failure} (record {run.id})", run.id, path.name) from cause
+    return {
+        "notebook": path.name,
+        "record_id": run.id,
+        "executed": str(executed),
+        "html": str(page),
+        "headlines": headlines,
+    }

@@ -36,7 +36,7 @@ def test_a_recorded_benchmark_reruns_and_agrees(recorded):
     table = report.comparison.table()
     assert report.verdict == "agree", table[~table["agrees"]].to_string()
     classes = {f.path: f.klass for f in report.comparison.fields}
-    assert classes["preserved_pages"] == "exact" and classes["structures.radix.decode_pages_per_s"] == "measured"
+    assert classes["preserved_pages"] == "exact" and classes["structures.radix.decode_s"] == "measured"
     again = store.get(report.rerun_ids[0])
     assert again.kind == "bench.metadata" and again.params == store.get(original).params
     record = store.get(report.record_id)

@@ -35,6 +35,7 @@ def test_failure_result_names_phase_log_and_record(tmp_path):
         "verified": False,
         "error": str(exc),
         "failed_phase": "kexec",
+        "diagnosis": None,
         "serial_log": str(tmp_path / "serial.log"),
         "record_id": "r1",
     }

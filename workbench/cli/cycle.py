@@ -102,6 +102,15 @@ from workbench.records import write_json_atomic
 @click.option("--results-dir", help="ssh: results folder on the host, on disk (default /var/tmp/workbench/<record>).")
 @click.option("--dry-run", is_flag=True, help="ssh: check, prepare, preserve and load, then undo it all; no kexec.")
 @click.option(
+    "--no-preflight",
+    "no_preflight",
+    is_flag=True,
+    help="Skip the check that the next kernel accepts the running kernel's handover formats.",
+)
+@click.option(
+    "--force", is_flag=True, help="Run the cycle even when the preflight refuses it (a negative control, say)."
+)
+@click.option(
     "--i-really-want-to-kexec-this-machine",
     "allow_this_machine",
     is_flag=True,
@@ -146,6 +155,8 @@ def cycle(
     next_initrd,
     results_dir,
     dry_run,
+    no_preflight,
+    force,
     allow_this_machine,
     as_json,
     data_dir,
@@ -210,6 +221,8 @@ def cycle(
             next_config=next_config,
             timeout_s=timeout_s,
             return_timeout_s=return_timeout_s,
+            preflight=not no_preflight,
+            force=force,
         )
         other = sorted(k for k in _ALL_WORKLOAD_FLAGS - set(_WORKLOAD_FLAGS.get(workload, ())) if _set(k, given))
         if other:

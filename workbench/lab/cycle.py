@@ -19,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.lab.errors import CycleCancelled, CycleFailed, Unverified
+from workbench.lab.errors import CycleCancelled, CycleFailed, PreflightRefused, Unverified
 from workbench.lab.params import PAUSE_POINTS, CycleParams
+from workbench.lab.preflight import REFUSE
 from workbench.lab.runner import CycleEvent, MarkRunner
 from workbench.lab.target import Target, target_class
 from workbench.lab.workload import Workload, make_workload, workload_class
@@ -68,11 +69,37 @@ def run_cycle(
     target = target if target is not None else target_class("qemu")()
     check(workload, params, target)
     target.prepare(workload, params)
+    store = store or open_store()
+    record_params = {
+        "target": target.label,
+        **params.record_params(),
+        **workload.record_params(),
+        **target.record_params(),
+    }
+    verdict = _preflight(target, params, store, record_params)
     return record_cycle(
-        store or open_store(),
-        {"target": target.label, **params.record_params(), **workload.record_params(), **target.record_params()},
+        store,
+        record_params,
         lambda run: target.runner(workload, params, run, on_event, cancel, on_pause),
+        {"preflight": verdict},
     )
+
+
+def _preflight(target: Target, params: CycleParams, store: RecordStore, record_params: dict[str, Any]) -> dict:
+    """The preflight's verdict for the record; a refusal (unless ``params.force``) is recorded as a failed cycle
+    that never booted, and raised as :class:`PreflightRefused`."""
+    if not params.preflight:
+        return {"verdict": "skipped"}
+    found = target.preflight(params)
+    if found is None:
+        return {"verdict": "unavailable", "reason": f"the {target.name} target cannot read the next kernel's formats"}
+    verdict = {**found.as_dict(), "forced": params.force and found.verdict == REFUSE}
+    if found.verdict == REFUSE and not params.force:
+        with store.run("lab.cycle", record_params) as run:
+            run.update_result(verified=False, preflight=verdict, failed_phase="preflight", outcome="refused")
+            refused = PreflightRefused(f"{found.message()} (--force runs it anyway)", "preflight", None, run.id)
+            raise refused
+    return verdict
 
 
 def cycle_from_record(params: dict[str, Any]) -> tuple[Workload, CycleParams, Target]:
@@ -153,12 +180,21 @@ def _tables(result: dict[str, Any], marks: list[tuple[str, dict, float]]) -> dic
     }
 
 
-def record_cycle(store: RecordStore, record_params: dict[str, Any], make_runner: Callable[[Any], MarkRunner]) -> dict:
+def record_cycle(
+    store: RecordStore,
+    record_params: dict[str, Any],
+    make_runner: Callable[[Any], MarkRunner],
+    known: dict[str, Any] | None = None,
+) -> dict:
     """Runs ``make_runner(run).execute()`` inside a ``lab.cycle`` record with ``record_params``: a failure is
     recorded ``failed`` with its phase and log, a result that did not verify is recorded ``failed`` and returned,
-    a dry run (``dry_run`` true in the result) is recorded ``ok``."""
+    a dry run (``dry_run`` true in the result) is recorded ``ok``. ``known``: results known before the run (the
+    preflight's verdict), recorded first and kept in the result."""
+    known = dict(known or {})
     try:
         with store.run("lab.cycle", record_params) as run:
+            if known:
+                run.update_result(**known)
             runner = make_runner(run)
             try:
                 result = runner.execute()
@@ -178,7 +214,7 @@ def record_cycle(store: RecordStore, record_params: dict[str, Any], make_runner:
             except CycleCancelled:
                 runner.emit(kind="state", name="cancelled")
                 raise
-            result["record_id"] = run.id
+            result = {**known, **result, "record_id": run.id}
             for name, frame in _tables(result, runner.marks).items():
                 run.add_table(name, frame)
             run.update_result(**{k: v for k, v in result.items() if k != "record_id"})

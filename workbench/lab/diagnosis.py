@@ -24,8 +24,9 @@ _REFUSALS = (
     ("LUO file handler", re.compile(r"No registered handler for compatible '([^']*)'")),
 )
 _PANIC = re.compile(r"Kernel panic - not syncing: (.*?)\s*$")
-_FRAME = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?\s*([A-Za-z_][A-Za-z0-9_.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
-_TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+_FRAME = re.compile(r"^\s*(\?\s+)?([A-Za-z_][A-Za-z0-9_.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+#: the serial log's host arrival stamp and the kernel's printk time, either or both
+_TIMESTAMP = re.compile(r"^(?:\[\s*\d+\.\d+\]\s?)+")
 _PANIC_HELPERS = {"dump_stack_lvl", "dump_stack", "panic", "vpanic", "show_stack", "__warn", "nmi_panic"}
 
 
@@ -90,7 +91,8 @@ def _trace_after(lines: list[str], start: int) -> list[str]:
             continue
         frame = _FRAME.match(line)
         if frame:
-            frames.append(frame.group(1))
+            if not frame.group(1):  # "? name": a stale address on the stack, not a caller
+                frames.append(frame.group(2))
         elif frames and not line.strip().startswith("<"):
             break
     return frames

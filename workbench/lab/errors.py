@@ -19,6 +19,7 @@ __all__ = [
     "KernelWithoutLiveUpdate",
     "CycleFailed",
     "TargetLost",
+    "PreflightRefused",
     "CycleCancelled",
     "Unverified",
     "SshTargetError",
@@ -82,6 +83,11 @@ class CycleFailed(LabError):
     def __str__(self) -> str:
         where = f"; {self.log_name}: {self.serial_log}" if self.serial_log else ""
         return f"cycle failed in phase {self.phase}: {self.args[0]}{where}"
+
+
+class PreflightRefused(CycleFailed):
+    """The preflight found that the next kernel cannot accept what the running kernel hands over (the message
+    names the subsystem); nothing was booted. ``--force`` runs the cycle anyway."""
 
 
 class TargetLost(CycleFailed):

@@ -25,7 +25,8 @@ class CycleParams:
     the target; default: the one that boots), ``next_config`` its ``.config`` when it is not beside it;
     ``pause_after``: phases after which the agent waits for the host; ``faults``: what to break on purpose;
     ``timeout_s``: seconds to wait for any one step (default: by size and accelerator), ``return_timeout_s`` for
-    the target after the kexec."""
+    the target after the kexec; ``preflight``: check first that the next kernel accepts the running kernel's
+    handover formats (:mod:`workbench.lab.preflight`), refusing the cycle when it cannot unless ``force``."""
 
     session: str = "workbench"
     next_kernel: str | None = None
@@ -34,6 +35,8 @@ class CycleParams:
     faults: Faults = field(default_factory=Faults)
     timeout_s: float | None = None
     return_timeout_s: float | None = None
+    preflight: bool = True
+    force: bool = False
 
     def validate(self) -> None:
         try:

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.elf import ElfError
 from workbench.environment import REPO_ROOT
 from workbench.lab.accel import AccelChoice, choose_accelerator
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update, resolve_kernel
 from workbench.lab.params import CycleParams
+from workbench.lab.preflight import preflight
 from workbench.lab.protocol import Event, Request, continue_flag
 from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
 from workbench.lab.runner import CycleEvent, MarkRunner
@@ -103,6 +105,17 @@ class QemuTarget(Target):
         self.kernel = self.kernel or build_kernel()
         require_live_update(self.kernel.config_file.read_text(), f"the lab kernel {self.kernel.bzimage}")
         self.next = self.next_kernel(params)
+
+    def preflight(self, params: CycleParams):
+        """The preflight of the kexec from the booted lab kernel into the next one (itself when none is named);
+        None for a next kernel given as a bare bzImage, whose headers are not at hand."""
+        nxt = self.next if self.next is not None else self.kernel
+        if not isinstance(nxt, LabKernel) or not isinstance(self.kernel, LabKernel):
+            return None
+        try:
+            return preflight(self.kernel, nxt)
+        except (FileNotFoundError, ElfError):  # a prebuilt kernel without its source tree or a readable vmlinux
+            return None
 
     @staticmethod
     def next_kernel(params: CycleParams) -> LabKernel | Path | None:

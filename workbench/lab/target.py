@@ -51,6 +51,11 @@ class Target:
         """The target's options as they go into the ``lab.cycle`` record (flat)."""
         return {}
 
+    def preflight(self, params: CycleParams):
+        """After :meth:`prepare`: the :class:`~workbench.lab.preflight.Preflight` of the kexec this cycle will do,
+        or None when this target cannot tell (the next kernel's files are not on this machine)."""
+        return None
+
     def runner(
         self,
         workload: Workload,
@@ -69,7 +74,7 @@ class Target:
             "error": str(exc),
             "failed_phase": exc.phase,
             "diagnosis": exc.diagnosis,
-            "serial_log": str(exc.serial_log),
+            "serial_log": str(exc.serial_log) if exc.serial_log else None,
             "record_id": exc.record_id,
         }
 

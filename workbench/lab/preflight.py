@@ -1,0 +1,88 @@
+"""Preflight: before a kexec, can the next kernel accept what the running kernel will hand over?
+
+Every handover subsystem names its format with a compatible string (``kho-v4``, ``luo-v5``, ``memfd-v2``...) or a
+version, and the next kernel refuses state whose name it does not know: in 7.2 a refused LUO state ends in
+``luo_restore_fail()``, a panic during boot. The preflight compares, subsystem by subsystem, the names the running
+kernel writes with those the next kernel accepts, each read from the kernel's own ABI headers and confirmed in its
+vmlinux (:mod:`workbench.inspect.abi_diff`). Equal names are necessary, not sufficient (7.3 rewrote the radix-tree
+key code under the same ``kho-v4``): ``workbench abi diff`` compares the layouts and keys as well."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.abi.abi_headers import read_abi_headers
+from workbench.inspect.abi_diff import compare_constants, find_elf_strings, kernel_abi_source
+from workbench.lab.kernel import LabKernel
+
+__all__ = ["Preflight", "preflight", "PASS", "REFUSE"]
+
+PASS = "pass"
+REFUSE = "refuse"
+
+
+@dataclass
+class Preflight:
+    """The verdict (``pass`` or ``refuse``) for a kexec from ``running`` into ``next``, with one check per
+    subsystem (``subsystem``, ``running``: what the running kernel writes, ``next``: what the next accepts, ``ok``)
+    and the ``reasons`` for a refusal, each naming its subsystem."""
+
+    running: str
+    next: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return REFUSE if self.reasons else PASS
+
+    def message(self) -> str:
+        if not self.reasons:
+            return f"preflight: {self.next} accepts every handover format {self.running} writes"
+        return f"preflight refuses the kexec from {self.running} into {self.next}: " + "; ".join(self.reasons)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "running": self.running,
+            "next": self.next,
+            "checks": self.checks,
+            "reasons": self.reasons,
+        }
+
+
+def preflight(running: LabKernel, next_kernel: LabKernel) -> Preflight:
+    """Compares the handover formats ``running`` writes with those ``next_kernel`` accepts.
+
+    :param running: the kernel that is booted and will hand over
+    :param next_kernel: the kernel it will kexec into
+    :raises FileNotFoundError: a kernel without its vmlinux or source tree
+    """
+    a, b = kernel_abi_source(running), kernel_abi_source(next_kernel)
+    headers_a, headers_b = read_abi_headers(a.source), read_abi_headers(b.source)
+
+    def strings(headers) -> list[str]:
+        return [c.value for c in headers.constants if isinstance(c.value, str)]
+
+    names = (running.name, next_kernel.name)
+    result = Preflight(*names)
+    for c in compare_constants(
+        headers_a,
+        headers_b,
+        find_elf_strings(a.vmlinux, strings(headers_a)),
+        find_elf_strings(b.vmlinux, strings(headers_b)),
+        names,
+    ):
+        result.checks.append(
+            {"subsystem": c.subsystem, "format": c.macro, "running": c.a, "next": c.b, "ok": not c.breaking}
+        )
+        if not c.breaking:
+            continue
+        if c.status == "differs":
+            result.reasons.append(
+                f"{c.subsystem}: {running.name} hands over {c.a!r}, {next_kernel.name} accepts only {c.b!r}"
+            )
+        else:
+            result.reasons.append(f"{c.subsystem}: {c.problem}")
+    return result
