@@ -42,7 +42,9 @@ def find_notebook(name: str, directory: Path = NOTEBOOK_DIR) -> Path:
     path = Path(name)
     if path.suffix == ".ipynb" and path.exists():
         return path
-    matches = [p for p in list_notebooks(directory) if name in p.stem]
+    matches = [p for p in list_notebooks(directory) if name in (p.stem, p.name)] or [
+        p for p in list_notebooks(directory) if name in p.stem
+    ]
     if len(matches) != 1:
         names = ", ".join(p.stem for p in list_notebooks(directory))
         what = "no notebook" if not matches else f"{len(matches)} notebooks"

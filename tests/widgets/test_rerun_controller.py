@@ -43,4 +43,4 @@ def test_a_rerun_that_breaks_is_shown_as_failed(store):
         pass
     controller = RerunController(store)
     controller.start(run.id)
-    assert controller.wait(60) == "failed" and "made no record" in controller.error
+    assert controller.wait(60) == "failed" and "could not start" in controller.error

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from workbench.experiments.compare import Comparison, compare_results
-from workbench.experiments.errors import InvalidOverride
+from workbench.experiments.errors import ExperimentError, InvalidOverride
 from workbench.experiments.registry import experiment_for
 from workbench.records import RecordStore, RunRecord
 from workbench.units import parse_size
@@ -123,7 +123,7 @@ def rerun(
                 errors.append(f"{type(exc).__name__}: {exc}")
             new = [r for r in store.runs(kind=original.kind) if r.id not in known]
             if not new:
-                raise RuntimeError(f"the {original.kind} re-run made no record: {errors[-1] if errors else ''}")
+                raise ExperimentError(f"the {original.kind} re-run could not start: {errors[-1] if errors else ''}")
             run.update_result(reruns=[*run.result.get("reruns", []), new[-1].id])
         rerun_records = [store.get(i) for i in run.result["reruns"]]
         earlier = [_outcome(r) for r in _earlier(store, original, started)]
