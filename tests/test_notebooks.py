@@ -8,12 +8,12 @@ notebooks that the selected tests need, as one ``workbench demo --smoke`` would,
 
 import html
 import json
-import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from workbench.notebooks import NOTEBOOK_DIR, list_notebooks, record_notebook
 from workbench.records import RecordStore
 from workbench.report.errors import DemoFailed, NotebookFailed, UnknownNotebook
@@ -23,17 +23,6 @@ from .report.helpers import COUNTING_CELL, source_notebook
 NOTEBOOKS = list_notebooks()
 #: the notebooks that boot the lab VM (their tests are marked ``lab`` too)
 LAB_NOTEBOOKS = {"10-live-update-cycle", "20-conversion-strategies", "40-inspect-kho-luo", "60-criu-process"}
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _run_params():

@@ -2,13 +2,13 @@
 headless Chromium at 1920×1080, every figure drawn with no console error and no horizontal scroll."""
 
 import re
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import plotly.offline
 import pytest
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from workbench.report.changes import Changes, compare_headlines
 from workbench.report.front_page import render_front_page, write_front_page
 from workbench.report.machine import Machine
@@ -16,17 +16,6 @@ from workbench.report.machine import Machine
 from .helpers import a_headline
 
 MACHINE = Machine("lab-1", "Some CPU", 2, "6.12.0", "0123456789abcdef", False, {"tcg": 3}, {"7.2.0-lab": 3})
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _rows():

@@ -4,7 +4,6 @@ errors."""
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,20 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from workbench.notebooks import NOTEBOOK_DIR, execute, export_html
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _free_port() -> int:
