@@ -75,7 +75,7 @@ def test_the_noise_of_earlier_runs_and_repeats_decides():
     field = comparison.fields[0]
     assert comparison.verdict == "disagree"
     assert field.noise == pytest.approx(statistics.stdev(e["rate"] for e in earlier))  # not the re-run's value
-    assert field.allowed == pytest.approx(t_quantile(9) * field.noise * (1 + 1 / 10) ** 0.5)
+    assert field.allowed == pytest.approx(t_quantile(9) * field.noise * 2**0.5)  # one original, one re-run
     assert "10 earlier runs" in field.noise_source
     repeats = compare_results(_experiment(), {"rate": 100.0}, [{"rate": 100.5}, {"rate": 99.5}, {"rate": 100.2}])
     assert repeats.verdict == "agree" and "3 repeats" in repeats.fields[0].noise_source

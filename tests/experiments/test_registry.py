@@ -19,7 +19,7 @@ def test_an_unknown_kind_is_refused_naming_the_ones_that_can():
 
 
 def test_parameters_no_experiment_accepts_are_refused_with_their_source():
-    with pytest.raises(NotRerunnable, match="made by 20-conversion-strategies"):
+    with pytest.raises(NotRerunnable, match="made inside 20-conversion-strategies: re-run that notebook"):
         experiment_for("bench.conversion", {"sizes_mib": [16], "source": "20-conversion-strategies"})
 
 

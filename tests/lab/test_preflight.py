@@ -31,11 +31,12 @@ def test_a_changed_compatible_string_refuses_naming_the_subsystem(tmp_path):
     assert result.as_dict()["verdict"] == "refuse"
 
 
-def test_a_format_only_one_kernel_has_refuses(tmp_path):
-    a = resolve_kernel(str(fake_abi_kernel(tmp_path / "a")))
-    b = resolve_kernel(str(fake_abi_kernel(tmp_path / "b", extra_header=True)))
-    result = preflight(a, b)
-    assert result.verdict == REFUSE and any("EXTRA_COMPATIBLE" in r for r in result.reasons)
+def test_a_format_only_the_running_kernel_writes_refuses_one_only_the_next_knows_passes(tmp_path):
+    plain = resolve_kernel(str(fake_abi_kernel(tmp_path / "a")))
+    extra = resolve_kernel(str(fake_abi_kernel(tmp_path / "b", extra_header=True)))
+    down = preflight(extra, plain)
+    assert down.verdict == REFUSE and any("EXTRA_COMPATIBLE" in r and "no such format" in r for r in down.reasons)
+    assert preflight(plain, extra).verdict == PASS  # nothing of the new format is handed over
 
 
 @pytest.mark.lab

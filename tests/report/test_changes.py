@@ -72,8 +72,8 @@ def test_within_the_run_to_run_noise_is_not_flagged(store):
     assert list(changes.table.columns) == list(COLUMNS)
 
 
-def test_beyond_three_times_the_noise_is_flagged_first(store):
-    for blackout in (1.00, 1.10, 0.90):
+def test_beyond_the_noise_of_earlier_reports_is_flagged_first(store):
+    for blackout in (1.00, 1.05, 0.95, 1.02, 0.98, 1.03, 0.97, 1.00):
         _demo(store, _headlines(blackout))
     current = _now(store)
     changes = _compare(store, current, _headlines(1.35))
@@ -172,3 +172,10 @@ def test_compare_headlines_alone():
     row = table[table["name"] == "blackout_s"].iloc[0]
     assert row["noise"] == 0.0 and row["verdict"] == "beyond noise"  # no spread at all: any move is beyond it
     assert compare_headlines([], []).empty
+
+
+def test_two_earlier_reports_say_little_about_the_noise(store):
+    for blackout in (1.00, 1.10, 0.90):
+        _demo(store, _headlines(blackout))
+    row = _row(_compare(store, _now(store), _headlines(1.35)), "blackout_s")
+    assert row["verdict"] == "within noise" and not row["flagged"]  # t with 2 degrees of freedom is wide

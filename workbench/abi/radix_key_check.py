@@ -296,9 +296,12 @@ class KeyHarness:
         return self.constants.get("KHO_TREE_MAX_DEPTH")
 
     def _run(self, lines: Sequence[str]) -> list[list[str]]:
-        done = subprocess.run(
-            [str(self.program)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60
-        )
+        try:
+            done = subprocess.run(
+                [str(self.program)], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            raise KeyHarnessUnavailable(f"the radix-key harness {self.program} did not finish in 60 s") from None
         if done.returncode != 0:
             raise KeyHarnessUnavailable(f"the key harness {self.program} failed ({done.returncode}): {done.stderr}")
         return [line.split() for line in done.stdout.splitlines()]
@@ -376,21 +379,31 @@ def build_key_harness(
     workdir = Path(workdir)
     c_file, program = workdir / "radix_key.c", workdir / "radix_key"
     c_file.write_text(source)
-    done = subprocess.run(
-        [compiler, "-std=gnu11", "-O1", "-Wno-unused-function", "-o", str(program), str(c_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    try:
+        done = subprocess.run(
+            [compiler, "-std=gnu11", "-O1", "-Wno-unused-function", "-o", str(program), str(c_file)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise KeyHarnessUnavailable(f"the radix-key harness of {source_tree} did not finish: {exc}") from None
+    except FileNotFoundError as exc:
+        raise KeyHarnessUnavailable(f"no C compiler to build the radix-key harness: {exc}") from None
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
         raise KeyHarnessUnavailable(
             f"the radix-key functions of {source_tree} ({', '.join(names.values())}) do not compile outside the "
             f"kernel with the harness's helpers: {tail}"
         )
+    try:
+        lines = subprocess.run([str(program)], input="", capture_output=True, text=True, timeout=60).stdout
+    except subprocess.TimeoutExpired:
+        raise KeyHarnessUnavailable(f"the radix-key harness {program} did not finish in 60 s") from None
     harness = KeyHarness(functions, program)
-    lines = subprocess.run([str(program)], input="", capture_output=True, text=True, timeout=60).stdout
-    harness.constants = {row[1]: int(row[2]) for line in lines.splitlines() if (row := line.split())[0] == "C"}
+    harness.constants = {
+        row[1]: int(row[2]) for line in lines.splitlines() if len(row := line.split()) >= 3 and row[0] == "C"
+    }
     return harness
 
 

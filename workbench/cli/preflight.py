@@ -12,9 +12,7 @@ __all__ = ["preflight_cmd"]
 
 @click.command("preflight")
 @click.option("--next-kernel", required=True, help="The kernel to kexec into: a lab kernel name or folder.")
-@click.option(
-    "--kernel", default="7.2", show_default=True, help="The running kernel (the one that hands over): a lab kernel."
-)
+@click.option("--kernel", help="The running kernel (the one that hands over): a lab kernel (default: the lab kernel).")
 @json_option
 def preflight_cmd(next_kernel, kernel, as_json) -> None:
     """Compare, subsystem by subsystem (KHO, LUO, memfd, memblock...), the handover formats the running kernel
@@ -25,10 +23,11 @@ def preflight_cmd(next_kernel, kernel, as_json) -> None:
 
     from workbench.lab.errors import LabError
     from workbench.lab.kernel import resolve_kernel
+    from workbench.lab.kernel_name import DEFAULT_VERSION
     from workbench.lab.preflight import REFUSE, preflight
 
     try:
-        result = preflight(resolve_kernel(kernel), resolve_kernel(next_kernel))
+        result = preflight(resolve_kernel(kernel or DEFAULT_VERSION), resolve_kernel(next_kernel))
     except (LabError, FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     if as_json:

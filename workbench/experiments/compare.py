@@ -177,7 +177,7 @@ def _measured(
     if len(values) > 1:
         parts.append(f"{len(values)} repeats")
     if noise is not None:
-        interval = t_quantile(len(samples) - 1) * noise * math.sqrt(1 + 1 / len(samples))
+        interval = t_quantile(len(samples) - 1) * noise * math.sqrt(1 + 1 / len(values))  # original vs mean
         allowed = max(interval, RELATIVE_FLOOR * abs(original))
         source = f"spread of {' and '.join(parts)}"
         if len(samples) < MIN_SAMPLES:

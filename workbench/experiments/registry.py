@@ -92,9 +92,12 @@ def experiment_for(kind: str, params: dict[str, Any]) -> Experiment:
         raise NotRerunnable(
             f"records of kind {kind!r} cannot be re-run; the kinds that can are {', '.join(experiment_kinds())}"
         )
+    source = params.get("source")
+    if source:
+        raise NotRerunnable(
+            f"this {kind} record was made inside {source}: re-run that notebook's record (kind notebook) instead"
+        )
     for experiment in candidates:
         if experiment.accepts(params):
             return experiment
-    source = params.get("source")
-    hint = f": it was made by {source}; re-run that instead" if source else ""
-    raise NotRerunnable(f"this {kind} record's parameters are not ones the workbench can run again{hint}")
+    raise NotRerunnable(f"this {kind} record's parameters are not ones the workbench can run again")

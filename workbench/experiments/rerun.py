@@ -8,6 +8,7 @@ has it, as for any cycle."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,8 +42,20 @@ class RerunReport:
         return self.comparison.verdict
 
     def as_dict(self) -> dict[str, Any]:
-        differences = self.comparison.table()
-        differences = differences[~differences["agrees"]]
+        differences = [
+            {
+                "field": f.path,
+                "class": f.klass,
+                "original": f.original,
+                "rerun": f.rerun,
+                "difference": f.difference,
+                "allowed": f.allowed,
+                "noise": f.noise,
+                "noise_source": f.noise_source,
+                "note": f.note,
+            }
+            for f in self.comparison.differences
+        ]
         return {
             "original": self.original_id,
             "reruns": self.rerun_ids,
@@ -50,7 +63,7 @@ class RerunReport:
             "verdict": self.verdict,
             "overrides": self.overrides,
             "compared_fields": len(self.comparison.fields),
-            "differences": differences.drop(columns=["agrees"]).to_dict("records"),
+            "differences": differences,
             "errors": self.errors,
         }
 
@@ -86,11 +99,16 @@ def _outcome(record: RunRecord) -> dict[str, Any]:
 
 
 def _earlier(store: RecordStore, original: RunRecord, before: float) -> list[RunRecord]:
-    """The other finished runs of the original's kind with exactly its parameters (for the noise)."""
+    """The other finished runs of the original's kind with exactly its parameters, on the same machine (for the
+    noise: runs imported from another machine measure that machine)."""
+    host = original.environment.get("hostname")
     return [
         r
         for r in store.runs(kind=original.kind, status="ok")
-        if r.id != original.id and r.params == original.params and r.started.timestamp() < before
+        if r.id != original.id
+        and r.params == original.params
+        and r.started.timestamp() < before
+        and r.environment.get("hostname") == host
     ]
 
 
@@ -118,13 +136,19 @@ def rerun(
         for _ in range(repeats):
             known = {r.id for r in store.runs(kind=original.kind)}
             try:
-                experiment.run(store, params)
+                new_id = experiment.run(store, params)
             except Exception as exc:  # noqa: BLE001 (a failed re-run is a finding: recorded, compared, reported)
                 errors.append(f"{type(exc).__name__}: {exc}")
-            new = [r for r in store.runs(kind=original.kind) if r.id not in known]
-            if not new:
-                raise ExperimentError(f"the {original.kind} re-run could not start: {errors[-1] if errors else ''}")
-            run.update_result(reruns=[*run.result.get("reruns", []), new[-1].id])
+                # the failed run's record: the one of this kind this process started meanwhile
+                mine = [
+                    r
+                    for r in store.runs(kind=original.kind)
+                    if r.id not in known and r.environment.get("hostname") == socket.gethostname()
+                ]
+                if not mine:
+                    raise ExperimentError(f"the {original.kind} re-run could not start: {errors[-1]}") from None
+                new_id = mine[-1].id
+            run.update_result(reruns=[*run.result.get("reruns", []), new_id])
         rerun_records = [store.get(i) for i in run.result["reruns"]]
         earlier = [_outcome(r) for r in _earlier(store, original, started)]
         comparison = compare_results(experiment, _outcome(original), [_outcome(r) for r in rerun_records], earlier)

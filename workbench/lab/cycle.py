@@ -92,7 +92,8 @@ def _preflight(target: Target, params: CycleParams, store: RecordStore, record_p
         return {"verdict": "skipped"}
     found = target.preflight(params)
     if found is None:
-        return {"verdict": "unavailable", "reason": f"the {target.name} target cannot read the next kernel's formats"}
+        reason = getattr(target, "preflight_unavailable", None) or f"the {target.name} target cannot read them"
+        return {"verdict": "unavailable", "reason": reason}
     verdict = {**found.as_dict(), "forced": params.force and found.verdict == REFUSE}
     if found.verdict == REFUSE and not params.force:
         with store.run("lab.cycle", record_params) as run:

@@ -74,15 +74,28 @@ def preflight(running: LabKernel, next_kernel: LabKernel) -> Preflight:
         find_elf_strings(b.vmlinux, strings(headers_b)),
         names,
     ):
+        reason = _refusal(c, names)
         result.checks.append(
-            {"subsystem": c.subsystem, "format": c.macro, "running": c.a, "next": c.b, "ok": not c.breaking}
+            {"subsystem": c.subsystem, "format": c.macro, "running": c.a, "next": c.b, "ok": reason is None}
         )
-        if not c.breaking:
-            continue
-        if c.status == "differs":
-            result.reasons.append(
-                f"{c.subsystem}: {running.name} hands over {c.a!r}, {next_kernel.name} accepts only {c.b!r}"
-            )
-        else:
-            result.reasons.append(f"{c.subsystem}: {c.problem}")
+        if reason:
+            result.reasons.append(reason)
     return result
+
+
+def _refusal(c, names: tuple[str, str]) -> str | None:
+    """Why the next kernel would refuse what the running one writes in this format, or None. Only what the running
+    kernel hands over can be refused: a format only the next kernel knows, or one the running kernel defines but
+    does not build in, is no obstacle."""
+    running, nxt = names
+    if c.a is None:
+        return None
+    if c.kind == "string" and c.section_a is None:
+        return None  # defined in the headers, not built into the running kernel: it writes nothing of it
+    if c.b is None:
+        return f"{c.subsystem}: {running} hands over {c.a!r} ({c.macro}), {nxt} has no such format"
+    if c.a != c.b:
+        return f"{c.subsystem}: {running} hands over {c.a!r}, {nxt} accepts only {c.b!r}"
+    if c.kind == "string" and c.section_b is None:
+        return f"{c.subsystem}: {running} hands over {c.a!r}, but {nxt} is built without {c.subsystem}"
+    return None

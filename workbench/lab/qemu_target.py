@@ -108,13 +108,16 @@ class QemuTarget(Target):
 
     def preflight(self, params: CycleParams):
         """The preflight of the kexec from the booted lab kernel into the next one (itself when none is named);
-        None for a next kernel given as a bare bzImage, whose headers are not at hand."""
+        None (the reason in ``preflight_unavailable``) for a next kernel given as a bare bzImage, or a kernel
+        whose source tree or vmlinux is not at hand."""
+        self.preflight_unavailable = "the next kernel is a bare bzImage: its handover formats cannot be read"
         nxt = self.next if self.next is not None else self.kernel
         if not isinstance(nxt, LabKernel) or not isinstance(self.kernel, LabKernel):
             return None
         try:
             return preflight(self.kernel, nxt)
-        except (FileNotFoundError, ElfError):  # a prebuilt kernel without its source tree or a readable vmlinux
+        except (OSError, ElfError) as exc:  # a prebuilt kernel without its source tree or a readable vmlinux
+            self.preflight_unavailable = str(exc)
             return None
 
     @staticmethod

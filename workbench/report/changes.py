@@ -5,8 +5,10 @@ hostname and the same smoke/full parameters whose result stores its headlines), 
 (their mean for measured numbers, the latest for exact ones). The noise of a measured number combines its own
 noise (the spread of its repeats within the run) with the run-to-run spread of that number over the earlier
 reports on this machine (their standard deviation, once there are at least two). A measured number is flagged
-when it moved by more than :data:`THRESHOLD` times its noise; an exact number (a count, a verdict) is flagged
-whenever it differs; when the noise is not known, the row says so instead of flagging.
+when it left the 99 % prediction interval of that spread (Student's t for the number of earlier reports, so two
+reports flag almost nothing, widened for the reference's own noise; :data:`THRESHOLD` times the noise when the
+noise is only the run's own repeats); an exact number (a count, a verdict) is flagged whenever it differs; when
+the noise is not known, the row says so instead of flagging.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.experiments.compare import t_quantile
 from workbench.records import RecordStore, RunNotFound, RunRecord
 from workbench.report.errors import ChangesError
 
@@ -34,7 +37,7 @@ __all__ = [
     "changes_since",
 ]
 
-#: a measured number is flagged when it moved by more than this many times its noise
+#: a measured number whose noise is only its run's own repeats is flagged beyond this many times that noise
 THRESHOLD = 3.0
 
 #: the columns of :attr:`Changes.table`, in order
@@ -195,7 +198,10 @@ def _row(
     elif noise is None:
         verdict = "noise unknown"
     else:
-        verdict = "beyond noise" if abs(change) > THRESHOLD * noise else "within noise"
+        factor = THRESHOLD
+        if len(earlier) >= 2:
+            factor = t_quantile(len(earlier) - 1) * math.sqrt(1 + 1 / max(1, len(values)))
+        verdict = "beyond noise" if abs(change) > factor * noise else "within noise"
     direction = None
     better = number.get("better")
     if change and better in ("higher", "lower"):

@@ -54,8 +54,8 @@ class RerunController(Observable):
             self._thread = threading.Thread(
                 target=self._work, args=(run_id, dict(overrides or {}), repeats), name="workbench-rerun", daemon=True
             )
+            self._notify("state")  # before the worker can report its end
             self._thread.start()
-        self._notify("state")
 
     def wait(self, timeout: float | None = None) -> str:
         if self._thread is not None:
