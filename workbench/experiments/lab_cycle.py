@@ -36,7 +36,9 @@ EXPERIMENT = register(
             "failed_phase",
         ),
         measured=("blackout_s", "boot_s", "phases.*", "blackout_breakdown.*", "*downtime_s", "anon_to_survived_s"),
-        tolerance=1.0,
+        # TCG cycle times here: the first cycle on a cold host page cache started the agent 2.1x slower
+        # (init_to_agent_s 12.2 s against 5.7 s the next time), so a single re-run is judged by a factor of 3
+        tolerance=2.0,
         describe="a preserve → kexec → restore cycle",
     )
 )
