@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.chromium import open_page
 from workbench.notebooks import NOTEBOOK_DIR, list_notebooks, record_notebook
 from workbench.records import RecordStore
 from workbench.report.errors import DemoFailed, NotebookFailed, UnknownNotebook
@@ -117,18 +117,9 @@ def test_smoke_run_exports_and_publishes_a_headline_with_a_figure(notebook, smok
 @pytest.mark.browser
 @pytest.mark.lab
 def test_front_page_of_the_smoke_report_in_chromium(smoke_report, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: make system-deps installs it")
     report, _ = smoke_report
     headlines = [h["key"] for r in report.rows for h in r["headlines"]]
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with open_page({"width": 1920, "height": 1080}) as (page, errors):
         page.goto(report.index.as_uri())
         try:
             page.wait_for_function(
@@ -146,7 +137,6 @@ def test_front_page_of_the_smoke_report_in_chromium(smoke_report, tmp_path):
             ".map(h => [h.dataset.key, !!h.querySelector('.js-plotly-plot .main-svg')])"
         )
         widths = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-        browser.close()
     assert cards == [[nb.name, "card ok"] for nb in NOTEBOOKS]
     assert drawn == [[key, True] for key in headlines] and len(headlines) >= len(NOTEBOOKS)
     assert widths[0] <= widths[1], f"the page scrolls sideways at 1920 px: {widths}"

@@ -3,12 +3,11 @@ headless Chromium at 1920×1080, every figure drawn with no console error and no
 
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import plotly.offline
 import pytest
 
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.chromium import open_page
 from workbench.report.changes import Changes, compare_headlines
 from workbench.report.front_page import render_front_page, write_front_page
 from workbench.report.machine import Machine
@@ -144,17 +143,8 @@ def test_written_whole(tmp_path):
 
 @pytest.mark.browser
 def test_renders_at_1920x1080_without_errors_or_horizontal_scroll(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: make system-deps installs it")
     index = write_front_page(tmp_path / "index.html", _rows(), MACHINE, changes=_changes(), parameters="smoke")
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with open_page({"width": 1920, "height": 1080}) as (page, errors):
         page.goto(index.as_uri())
         page.wait_for_selector(".headline .js-plotly-plot .main-svg", timeout=60_000)
         drawn = page.evaluate(
@@ -165,7 +155,6 @@ def test_renders_at_1920x1080_without_errors_or_horizontal_scroll(tmp_path):
             "() => new Set([...document.querySelectorAll('.card')].map(c => c.getBoundingClientRect().left)).size"
         )
         page.screenshot(path=str(tmp_path / "front-page.png"), full_page=True)
-        browser.close()
     assert drawn == [True, True, True]
     assert widths[0] <= widths[1], f"horizontal scroll: {widths}"
     assert columns == 2  # two cards side by side on a projector

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS, open_page
 from workbench.notebooks import NOTEBOOK_DIR, execute, export_html
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser]
@@ -122,19 +122,11 @@ def test_cycle_notebook_in_jupyterlab_click_run(jupyterlab, tmp_path):
 
 @pytest.mark.notebook
 def test_html_report_opens_without_console_errors(tmp_path, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
     executed = execute(NOTEBOOK_DIR / "00-tour.ipynb", tmp_path / "tour.ipynb", {"SMOKE": True})
     page_path = export_html(executed, tmp_path / "tour.html")
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with open_page() as (page, errors):
         page.goto(page_path.as_uri())
         page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        browser.close()
     assert errors == []

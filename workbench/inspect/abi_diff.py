@@ -34,6 +34,7 @@ __all__ = [
     "AbiDiff",
     "kernel_abi_source",
     "find_elf_strings",
+    "compare_formats",
     "compare_types",
     "compare_constants",
     "abi_diff",
@@ -346,6 +347,30 @@ def _strings(headers: AbiHeaders) -> list[str]:
     return [c.value for c in headers.constants if isinstance(c.value, str)]
 
 
+def compare_formats(
+    a: KernelAbiSource,
+    b: KernelAbiSource,
+    headers_a: AbiHeaders,
+    headers_b: AbiHeaders,
+    names: tuple[str, str] = ("A", "B"),
+) -> list[ConstantComparison]:
+    """:func:`compare_constants` of two kernels, each compatible string looked up in its own vmlinux.
+
+    :param a: kernel A's files (:func:`kernel_abi_source`)
+    :param b: kernel B's
+    :param headers_a: A's ABI headers (:func:`~workbench.abi.abi_headers.read_abi_headers` of ``a.source``)
+    :param headers_b: B's
+    :param names: how problems name the two kernels
+    """
+    return compare_constants(
+        headers_a,
+        headers_b,
+        find_elf_strings(a.vmlinux, _strings(headers_a)),
+        find_elf_strings(b.vmlinux, _strings(headers_b)),
+        names,
+    )
+
+
 def _radix_findings(check: RadixKeyCheck, names: tuple[str, str]) -> tuple[list[str], list[str]]:
     """(reasons, notes) the radix key check gives."""
     if check.status == "impossible":
@@ -393,13 +418,7 @@ def abi_diff(
     names = (a.name, b.name) if a.name != b.name else (f"A ({a.name})", f"B ({b.name})")
     headers_a, headers_b = read_abi_headers(a.source), read_abi_headers(b.source)
     structs = compare_types(headers_a, headers_b, open_debug_file(a.vmlinux), open_debug_file(b.vmlinux), names)
-    strings = compare_constants(
-        headers_a,
-        headers_b,
-        find_elf_strings(a.vmlinux, _strings(headers_a)),
-        find_elf_strings(b.vmlinux, _strings(headers_b)),
-        names,
-    )
+    strings = compare_formats(a, b, headers_a, headers_b, names)
     check = None
     if radix_keys:
         check = check_radix_keys(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.lab.errors import CycleCancelled, CycleFailed, PreflightRefused, Unverified
+from workbench.lab.errors import CycleCancelled, CycleFailed, PreflightRefused, PreflightUnavailable, Unverified
 from workbench.lab.params import PAUSE_POINTS, CycleParams
 from workbench.lab.preflight import REFUSE
 from workbench.lab.runner import CycleEvent, MarkRunner
@@ -90,10 +90,10 @@ def _preflight(target: Target, params: CycleParams, store: RecordStore, record_p
     that never booted, and raised as :class:`PreflightRefused`."""
     if not params.preflight:
         return {"verdict": "skipped"}
-    found = target.preflight(params)
-    if found is None:
-        reason = getattr(target, "preflight_unavailable", None) or f"the {target.name} target cannot read them"
-        return {"verdict": "unavailable", "reason": reason}
+    try:
+        found = target.preflight(params)
+    except PreflightUnavailable as exc:
+        return {"verdict": "unavailable", "reason": str(exc)}
     verdict = {**found.as_dict(), "forced": params.force and found.verdict == REFUSE}
     if found.verdict == REFUSE and not params.force:
         with store.run("lab.cycle", record_params) as run:

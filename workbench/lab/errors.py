@@ -20,6 +20,7 @@ __all__ = [
     "CycleFailed",
     "TargetLost",
     "PreflightRefused",
+    "PreflightUnavailable",
     "CycleCancelled",
     "Unverified",
     "SshTargetError",
@@ -83,6 +84,11 @@ class CycleFailed(LabError):
     def __str__(self) -> str:
         where = f"; {self.log_name}: {self.serial_log}" if self.serial_log else ""
         return f"cycle failed in phase {self.phase}: {self.args[0]}{where}"
+
+
+class PreflightUnavailable(LabError):
+    """A target cannot run the preflight (the next kernel's files are not at hand); the message says why. The
+    cycle records it and goes on."""
 
 
 class PreflightRefused(CycleFailed):

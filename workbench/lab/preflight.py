@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.abi.abi_headers import read_abi_headers
-from workbench.inspect.abi_diff import compare_constants, find_elf_strings, kernel_abi_source
 from workbench.lab.kernel import LabKernel
 
 __all__ = ["Preflight", "preflight", "PASS", "REFUSE"]
@@ -59,21 +58,14 @@ def preflight(running: LabKernel, next_kernel: LabKernel) -> Preflight:
     :param next_kernel: the kernel it will kexec into
     :raises FileNotFoundError: a kernel without its vmlinux or source tree
     """
+    from workbench.inspect.abi_diff import compare_formats, kernel_abi_source  # drgn: only when a cycle checks
+
     a, b = kernel_abi_source(running), kernel_abi_source(next_kernel)
     headers_a, headers_b = read_abi_headers(a.source), read_abi_headers(b.source)
 
-    def strings(headers) -> list[str]:
-        return [c.value for c in headers.constants if isinstance(c.value, str)]
-
     names = (running.name, next_kernel.name)
     result = Preflight(*names)
-    for c in compare_constants(
-        headers_a,
-        headers_b,
-        find_elf_strings(a.vmlinux, strings(headers_a)),
-        find_elf_strings(b.vmlinux, strings(headers_b)),
-        names,
-    ):
+    for c in compare_formats(a, b, headers_a, headers_b, names):
         reason = _refusal(c, names)
         result.checks.append(
             {"subsystem": c.subsystem, "format": c.macro, "running": c.a, "next": c.b, "ok": reason is None}

@@ -14,11 +14,11 @@ from typing import Any
 from workbench.elf import ElfError
 from workbench.environment import REPO_ROOT
 from workbench.lab.accel import AccelChoice, choose_accelerator
-from workbench.lab.errors import InvalidCycle
+from workbench.lab.errors import InvalidCycle, PreflightUnavailable
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update, resolve_kernel
 from workbench.lab.params import CycleParams
-from workbench.lab.preflight import preflight
+from workbench.lab.preflight import Preflight, preflight
 from workbench.lab.protocol import Event, Request, continue_flag
 from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
 from workbench.lab.runner import CycleEvent, MarkRunner
@@ -106,19 +106,17 @@ class QemuTarget(Target):
         require_live_update(self.kernel.config_file.read_text(), f"the lab kernel {self.kernel.bzimage}")
         self.next = self.next_kernel(params)
 
-    def preflight(self, params: CycleParams):
+    def preflight(self, params: CycleParams) -> Preflight:
         """The preflight of the kexec from the booted lab kernel into the next one (itself when none is named);
-        None (the reason in ``preflight_unavailable``) for a next kernel given as a bare bzImage, or a kernel
-        whose source tree or vmlinux is not at hand."""
-        self.preflight_unavailable = "the next kernel is a bare bzImage: its handover formats cannot be read"
+        unavailable for a next kernel given as a bare bzImage, or a kernel whose source tree or vmlinux is not at
+        hand."""
         nxt = self.next if self.next is not None else self.kernel
         if not isinstance(nxt, LabKernel) or not isinstance(self.kernel, LabKernel):
-            return None
+            raise PreflightUnavailable("the next kernel is a bare bzImage: its handover formats cannot be read")
         try:
             return preflight(self.kernel, nxt)
         except (OSError, ElfError) as exc:  # a prebuilt kernel without its source tree or a readable vmlinux
-            self.preflight_unavailable = str(exc)
-            return None
+            raise PreflightUnavailable(str(exc)) from None
 
     @staticmethod
     def next_kernel(params: CycleParams) -> LabKernel | Path | None:

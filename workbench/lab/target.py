@@ -13,12 +13,15 @@ import dataclasses
 import importlib
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from workbench.lab.errors import CycleFailed, InvalidCycle, UnknownName
+from workbench.lab.errors import CycleFailed, InvalidCycle, PreflightUnavailable, UnknownName
 from workbench.lab.params import CycleParams
 from workbench.lab.runner import CycleEvent, MarkRunner
 from workbench.lab.workload import Workload
+
+if TYPE_CHECKING:
+    from workbench.lab.preflight import Preflight
 
 __all__ = ["Target", "register", "target_class", "target_names", "parse_targets"]
 
@@ -51,10 +54,10 @@ class Target:
         """The target's options as they go into the ``lab.cycle`` record (flat)."""
         return {}
 
-    def preflight(self, params: CycleParams):
-        """After :meth:`prepare`: the :class:`~workbench.lab.preflight.Preflight` of the kexec this cycle will do,
-        or None when this target cannot tell (the next kernel's files are not on this machine)."""
-        return None
+    def preflight(self, params: CycleParams) -> Preflight:
+        """After :meth:`prepare`: the :class:`~workbench.lab.preflight.Preflight` of the kexec this cycle will do;
+        :class:`~workbench.lab.preflight.PreflightUnavailable` says why this target cannot tell."""
+        raise PreflightUnavailable(f"the {self.name} target cannot read the next kernel's handover formats")
 
     def runner(
         self,
