@@ -22,7 +22,13 @@ from .report.helpers import COUNTING_CELL, source_notebook
 
 NOTEBOOKS = list_notebooks()
 #: the notebooks that boot the lab VM (their tests are marked ``lab`` too)
-LAB_NOTEBOOKS = {"10-live-update-cycle", "20-conversion-strategies", "40-inspect-kho-luo", "60-criu-process"}
+LAB_NOTEBOOKS = {
+    "10-live-update-cycle",
+    "20-conversion-strategies",
+    "40-inspect-kho-luo",
+    "60-criu-process",
+    "70-qualification",
+}
 
 
 def _run_params():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from workbench.kernels.pagehash import page_hashes
-from workbench.lab.agent_core import Agent, fill_pattern, page_frames
+from workbench.lab.agent_core import Agent, differing_pages, fill_pattern, map_retrieved, page_frames
 from workbench.lab.protocol import Event, Request, parse_mark
 
 
@@ -35,6 +35,35 @@ def test_page_frames_of_a_populated_mapping():
         assert (frames > 0).all()
 
 
+def test_differing_pages_lists_changed_pages_then_those_only_one_side_has():
+    expected = np.arange(6, dtype=np.uint64)
+    found = expected.copy()
+    assert differing_pages(expected, found) == []
+    found[[1, 4]] += 1
+    assert differing_pages(expected, found) == [1, 4]
+    assert differing_pages(expected, found[:3]) == [1, 3, 4, 5]  # came back shorter
+    assert differing_pages(expected[:2], found) == [1, 2, 3, 4, 5]  # came back longer
+    assert differing_pages(expected, np.zeros(0, dtype=np.uint64)) == list(range(6))
+
+
+def test_map_retrieved_maps_each_file_whole_at_its_size():
+    fds = [os.memfd_create(f"wb-test-{i}", 0) for i in range(2)]
+    try:
+        os.ftruncate(fds[0], 3 * 4096)
+        os.ftruncate(fds[1], 4096)
+        os.pwrite(fds[0], b"abc", 2 * 4096)
+        sizes, maps = map_retrieved(fds)
+        assert sizes == [3 * 4096, 4096] and [len(m) for m in maps] == sizes
+        assert maps[0][2 * 4096 : 2 * 4096 + 3] == b"abc"
+        if os.geteuid() == 0:
+            assert (page_frames(maps[0]) > 0).all()  # faulted in: every page has a frame
+        for m in maps:
+            m.close()
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 class _Failing(Agent):
     def prepare_and_kexec(self) -> None:
         with self.phase("prepare"):
@@ -55,7 +84,7 @@ def test_a_failure_is_recorded_with_its_phase_and_told_to_the_host(tmp_path, cap
     assert agent.run("prepare") == 1
     events = _marks(capsys.readouterr().out)
     assert [e for e, _ in events] == [Event.PHASE_BEGIN, Event.ERROR]
-    assert events[-1][1] == {"phase": "prepare", "message": "no LUO here"}
+    assert events[-1][1] == {"phase": "prepare", "message": "no LUO here", "type": "RuntimeError"}
     state = json.loads((tmp_path / "prepare.json").read_text())
     assert state["error"]["type"] == "RuntimeError" and state["error"]["phase"] == "prepare"
     assert "Traceback" in state["error"]["traceback"]

@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from workbench.lab.cycle import run_cycle
-from workbench.lab.errors import CycleFailed, PreflightRefused
+from workbench.lab.errors import CycleFailed, PreflightRefused, PreflightUnavailable
 from workbench.lab.params import CycleParams
+from workbench.lab.qemu_target import QemuTarget
 from workbench.lab.workloads.memfd import MemfdWorkload
 
 pytestmark = pytest.mark.lab
@@ -40,3 +41,24 @@ def test_forced_the_next_kernel_panics_in_luo_and_the_cycle_says_so(lab_kernel, 
     assert record.result["preflight"]["verdict"] == "refuse" and record.result["preflight"]["forced"]
     left = subprocess.run(["pgrep", "-f", record.result["run_dir"]], capture_output=True).stdout
     assert left.strip() == b""
+
+
+class WithoutStaticPreflight(QemuTarget):
+    """The lab VM when the kernels' vmlinux is not at hand: the static preflight cannot run, the live one can."""
+
+    def preflight(self, params):
+        raise PreflightUnavailable("no vmlinux at hand (as for a prebuilt kernel)")
+
+
+def test_the_live_preflight_in_the_target_refuses_what_the_static_one_could_not_check(lab_kernel, store):
+    target = WithoutStaticPreflight(lab_kernel)
+    with pytest.raises(PreflightRefused, match="LUO: the running kernel hands over 'luo-v5'") as caught:
+        run_cycle(
+            MemfdWorkload(memfds=1, memfd_size=4 << 20), CycleParams(next_kernel=NEGATIVE), target=target, store=store
+        )
+    failure = caught.value
+    assert failure.phase == "preflight" and failure.diagnosis is None  # refused before the kexec: no panic
+    record = store.get(failure.record_id)
+    assert record.status == "failed" and record.result["outcome"] == "refused"
+    assert record.result["preflight"]["verdict"] == "unavailable"
+    assert subprocess.run(["pgrep", "-f", record.result["run_dir"]], capture_output=True).stdout == b""

@@ -13,7 +13,7 @@ import pytest
 
 from tests.lab.ssh.conftest import LocalSshd
 from workbench.jsonfile import write_json_atomic
-from workbench.lab.errors import CycleCancelled, CycleFailed, TargetLost
+from workbench.lab.errors import CycleCancelled, CycleFailed, CycleTimedOut, TargetLost
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, format_mark
 from workbench.lab.qemu import SerialLine
@@ -224,7 +224,7 @@ def test_a_mark_that_never_comes_times_out(runner, ssh_client):
     with pytest.raises(CycleFailed) as caught:
         runner.wait_mark((Event.PHASE_END,), 1.2, "verifying")
     elapsed = time.monotonic() - t0
-    assert type(caught.value) is CycleFailed and caught.value.phase == "verify"
+    assert type(caught.value) is CycleTimedOut and caught.value.phase == "verify"
     assert caught.value.args[0] == "timed out after 1 s verifying"
     assert 1.2 <= elapsed < 5
     assert source.running  # the target is still there: a timeout, not a lost target

@@ -29,6 +29,7 @@ def _add_optional_commands() -> None:
         ("workbench.cli.inspect", "inspect"),
         ("workbench.cli.abi", "abi"),
         ("workbench.cli.preflight", "preflight_cmd"),
+        ("workbench.cli.qualify", "qualify_cmd"),
         ("workbench.cli.notebooks", "run_notebook"),
         ("workbench.cli.notebooks", "demo"),
     ):

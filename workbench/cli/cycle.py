@@ -10,6 +10,17 @@ from click.core import ParameterSource
 from workbench.cli.common import SIZE, data_option, json_option, output_option
 from workbench.cli.output import emit_json, fail
 from workbench.records import write_json_atomic
+from workbench.units import parse_size
+
+
+def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
+    """``--sizes 256M,16M,4K`` as bytes."""
+    if value is None:
+        return None
+    try:
+        return [parse_size(part) for part in value.split(",")]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("cycle")
@@ -50,11 +61,34 @@ from workbench.records import write_json_atomic
 @click.option("--dump-format", type=click.Choice(["elf", "kdump-zlib"]), default="elf", show_default=True)
 @click.option(
     "--workload",
-    type=click.Choice(["memfd", "criu"]),
+    type=click.Choice(["memfd", "sessions", "criu", "selftest"]),
     default="memfd",
     show_default=True,
-    help="memfd: preserve memfds; criu: keep a running process alive with CRIU (qemu target).",
+    help="memfd: preserve memfds; sessions: memfds of several sizes in one session and small files in a second; "
+    "criu: keep a running process alive with CRIU (qemu target); selftest: the kernel's own liveupdate selftest "
+    "(--selftest), stage 1 built from --kernel's sources, stage 2 from --next-kernel's (qemu target).",
 )
+@click.option(
+    "--selftest",
+    "selftest",
+    default="luo_kexec_simple",
+    show_default=True,
+    help="selftest: which kexec-spanning selftest of tools/testing/selftests/liveupdate (luo_kexec_simple, "
+    "luo_multi_session, luo_stress_sessions, luo_stress_files).",
+)
+@click.option(
+    "--sizes",
+    callback=_parse_sizes,
+    help="sessions: the memfds of the cycle's session, comma-separated sizes (default 256M,16M,1028K,4K).",
+)
+@click.option(
+    "--small-files",
+    type=click.IntRange(0),
+    default=64,
+    show_default=True,
+    help="sessions: memfds in a second session, <session>-small (0: none).",
+)
+@click.option("--small-file-size", type=SIZE, default="4K", show_default=True, help="sessions: each small file's size.")
 @click.option("--anon", "anon_size", type=SIZE, default="64M", show_default=True, help="criu: anonymous memory.")
 @click.option(
     "--memfd-region", type=SIZE, default="0", show_default=True, help="criu: shmem memory LUO preserves directly."
@@ -136,6 +170,10 @@ def cycle(
     dump_after,
     dump_format,
     workload,
+    selftest,
+    sizes,
+    small_files,
+    small_file_size,
     anon_size,
     memfd_region,
     region_kind,
@@ -164,7 +202,13 @@ def cycle(
 ) -> None:
     """Preserve memfds in a LUO session, kexec, restore them and verify every page; recorded as lab.cycle."""
     from workbench.lab.cycle import run_cycle, run_cycles
-    from workbench.lab.errors import CycleFailed, InvalidCycle, KernelBuildError, KernelWithoutLiveUpdate
+    from workbench.lab.errors import (
+        CycleFailed,
+        InvalidCycle,
+        KernelBuildError,
+        KernelWithoutLiveUpdate,
+        SelftestBuildError,
+    )
     from workbench.lab.params import CycleParams
     from workbench.lab.target import parse_targets, target_class
     from workbench.lab.workload import make_workload
@@ -177,6 +221,9 @@ def cycle(
         "memfd_size": memfd_size,
         "tokens": list(tokens),
         "seed": seed,
+        "sizes": sizes,
+        "small_files": small_files,
+        "small_file_size": small_file_size,
         "anon_size": anon_size,
         "memfd_region": memfd_region,
         "region_kind": region_kind,
@@ -184,6 +231,9 @@ def cycle(
         "criu": criu_path,
         "criu_kdat": criu_kdat,
         "lazy_pages": lazy_pages,
+        "test": selftest,
+        "stage1_kernel": kernel,
+        "stage2_kernel": next_kernel or kernel,
         "convert": [s.strip() for s in convert.split(",")] if convert else [],
         "convert_copier": convert_copier,
         "convert_threads": convert_threads,
@@ -206,7 +256,11 @@ def cycle(
     if workload == "memfd" and convert:
         workload = "converted"  # --convert fills the memfd workload's memfds from anonymous memory
     try:
-        chosen = make_workload(workload, **{k: values[k] for k in _WORKLOAD_FLAGS.get(workload, ()) if _set(k, given)})
+        chosen = make_workload(
+            workload,
+            **{k: values[k] for k in _WORKLOAD_FLAGS.get(workload, ()) if _set(k, given)},
+            **({k: values[k] for k in _SELFTEST_KERNELS} if workload == "selftest" else {}),
+        )
         accepted = target_class(target.split(":")[0]).option_names()
         foreign = [k for k in _TARGET_FLAGS if _set(k, given) and k not in accepted]
         if foreign:
@@ -224,6 +278,8 @@ def cycle(
             preflight=not no_preflight,
             force=force,
         )
+        if workload == "sessions":  # run_cycle cannot check it: the workload does not see the session name
+            chosen.validate_session(session)
         other = sorted(k for k in _ALL_WORKLOAD_FLAGS - set(_WORKLOAD_FLAGS.get(workload, ())) if _set(k, given))
         if other:
             raise InvalidCycle(
@@ -262,7 +318,7 @@ def cycle(
                 if as_json:
                     emit_json(only.failure_result(exc))
                 fail(f"{exc} (record {exc.record_id})")
-    except (ValueError, FileNotFoundError, KernelWithoutLiveUpdate, KernelBuildError) as exc:
+    except (ValueError, FileNotFoundError, KernelWithoutLiveUpdate, KernelBuildError, SelftestBuildError) as exc:
         fail(str(exc), 2)
     out = results if several else results[0]
     if output:
@@ -294,7 +350,11 @@ _WORKLOAD_FLAGS = {
         "pipe_size",
     ),
     "criu": ("anon_size", "memfd_region", "region_kind", "images", "criu", "criu_kdat", "lazy_pages", "seed"),
+    "sessions": ("sizes", "small_files", "small_file_size", "seed"),
+    "selftest": ("test",),
 }
+#: the selftest workload's kernels: the sources of stage 1's and stage 2's binaries follow --kernel and --next-kernel
+_SELFTEST_KERNELS = ("stage1_kernel", "stage2_kernel")
 _ALL_WORKLOAD_FLAGS = {k for flags in _WORKLOAD_FLAGS.values() for k in flags}
 #: the command line's options that are a target's options (each target refuses those it does not have)
 _TARGET_FLAGS = (
@@ -316,6 +376,7 @@ _TARGET_FLAGS = (
 #: parameter -> the click parameter that sets it, where the names differ
 _SOURCE = {
     "criu": "criu_path",
+    "test": "selftest",
     "memory_mb": "memory",
     "key": "ssh_key",
     "tokens": "tokens",
@@ -356,10 +417,10 @@ def _echo_any(r: dict) -> None:
 def _echo_result(result: dict, prefix: str, blackout_clock: str) -> None:
     """A finished cycle in a few lines: verdict, phases, blackout, conversions, process downtime."""
     verdict = "verified" if result["verified"] else "NOT VERIFIED"
-    click.echo(
-        f"{prefix}{verdict}: {result['pages_checked']} pages in {len(result['memfds'])} memfds, session "
-        f"{result['session']!r}, {result['kernel_release_before']} -> {result['kernel_release_after']}"
-    )
+    kept = f"{result['pages_checked']} pages in {len(result['memfds'])} memfds, session {result['session']!r}"
+    if result.get("workload") == "selftest":
+        kept = f"the kernel selftest {result['selftest']}, both stages"
+    click.echo(f"{prefix}{verdict}: {kept}, {result['kernel_release_before']} -> {result['kernel_release_after']}")
     for name, secs in result["phases"].items():
         click.echo(f"  {name:>9}: {secs:.3f} s")
     click.echo(f"  blackout: {result['blackout_s']:.3f} s ({blackout_clock}); record {result['record_id']}")
@@ -370,5 +431,13 @@ def _echo_result(result: dict, prefix: str, blackout_clock: str) -> None:
         )
     if result.get("anon_to_survived_s") is not None:
         click.echo(f"  anonymous memory -> survived the kexec: {result['anon_to_survived_s']:.3f} s")
+    for session in result.get("sessions", []):
+        click.echo(f"  session {session['name']!r}: {session['files']} memfds, {session['bytes']} bytes")
+    if result.get("workload") == "selftest":
+        click.echo(
+            f"  selftest {result['selftest']}: stage 1 exit {result['stage1_exit']} (built from "
+            f"{result['stage1_source_release']}), stage 2 exit {result['stage2_exit']} (built from "
+            f"{result['stage2_source_release']})"
+        )
     if result.get("workload") == "criu" and result.get("downtime_s") is not None:
         click.echo(f"  process downtime: {result['downtime_s']:.3f} s (freeze to first instruction, host clock)")

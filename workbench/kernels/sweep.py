@@ -9,18 +9,14 @@ to the single-process run (checked by :func:`bitwise_equal`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from workbench.cluster import LOCAL, dask_client, worker_count
 from workbench.kernels.blackout.model import Configs, Evaluation, ModelParams, blackout_mask, evaluate_packed
 
 __all__ = ["sweep", "bitwise_equal", "chunk_bounds", "LOCAL"]
-
-LOCAL = "local"
-"""The ``scheduler`` value (like ``None``) that starts a :class:`distributed.LocalCluster` for the sweep."""
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -28,25 +24,6 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
     return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
-
-
-@contextmanager
-def _client(scheduler: Any, n_workers: int) -> Iterator[Any]:
-    """A Dask client: on a new local cluster of worker processes (``None`` or ``"local"``), connected to the
-    scheduler at an address, or the given client itself. Whatever this opens, it closes."""
-    from distributed import Client, LocalCluster
-
-    if isinstance(scheduler, Client):
-        yield scheduler
-    elif scheduler is None or scheduler == LOCAL:
-        with (
-            LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1, dashboard_address=None) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-    else:
-        with Client(scheduler) as client:
-            yield client
 
 
 def _evaluate_chunk(arrays: tuple[np.ndarray, ...], packed: tuple[np.ndarray, ...]) -> Evaluation:
@@ -70,8 +47,8 @@ def sweep(
     (``tcp://host:8786``); a :class:`distributed.Client` is used as it is. ``chunk_size`` defaults to four chunks
     per worker."""
     packed = (*params.pack(), blackout_mask() if mask is None else np.asarray(mask, dtype=np.uint8))
-    with _client(scheduler, n_workers) as client:
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
+    with dask_client(scheduler, n_workers) as client:
+        workers = worker_count(client)
         size = chunk_size or max(1, math.ceil(len(configs) / (4 * workers)))
         # hash=False: a key of our own; a content-hash key may be the one a just-closed client's scatter is
         # still releasing on the same scheduler (seen as "lost dependencies" on back-to-back sweeps)

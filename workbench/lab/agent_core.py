@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.lab.errors import HandoverRefusedLive
+from workbench.lab.handover_live import live_preflight, read_handover_formats
 from workbench.lab.liveupdate import LiveUpdate, kexec_file_load, reboot_kexec
 from workbench.lab.protocol import (
     REQUEST,
@@ -41,7 +43,18 @@ from workbench.lab.protocol import (
     write_json_atomic,
 )
 
-__all__ = ["Agent", "PAGE", "fill_pattern", "fingerprint", "load_hasher", "mark", "page_frames", "record_failure"]
+__all__ = [
+    "Agent",
+    "PAGE",
+    "differing_pages",
+    "fill_pattern",
+    "fingerprint",
+    "load_hasher",
+    "map_retrieved",
+    "mark",
+    "page_frames",
+    "record_failure",
+]
 
 PAGE = 4096
 KEXEC_FILE_UNLOAD = 0x1
@@ -89,6 +102,31 @@ def fingerprint(buf) -> tuple[np.ndarray, str]:
         return out, "blake2b64-python"
 
 
+def differing_pages(expected: np.ndarray, found: np.ndarray) -> list[int]:
+    """The pages whose fingerprints differ, then those only one side has (a file that came back shorter or longer).
+
+    :param expected: the per-page fingerprints taken before the kexec
+    :param found: the per-page fingerprints of what came back"""
+    n = min(len(found), len(expected))
+    differing = np.flatnonzero(found[:n] != expected[:n]).tolist()
+    return differing + list(range(n, max(len(found), len(expected))))
+
+
+def map_retrieved(fds: list[int]) -> tuple[list[int], list[mmap.mmap]]:
+    """Maps each retrieved file whole, at the size it came back with, and faults every page in (pagemap shows only
+    mapped pages, and a fresh mapping has none); returns the sizes and the mappings.
+
+    :param fds: file descriptors retrieved from LUO sessions"""
+    sizes = [os.fstat(fd).st_size for fd in fds]
+    maps = [
+        mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        for fd, size in zip(fds, sizes, strict=True)
+    ]
+    for m in maps:
+        np.frombuffer(m, dtype=np.uint8)[::PAGE].sum()
+    return sizes, maps
+
+
 def kexec_file_unload() -> None:
     """Unloads the kernel ``kexec_file_load`` loaded (``KEXEC_FILE_UNLOAD``): nothing stays armed for a kexec."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -127,7 +165,7 @@ def record_failure(path: Path, state: dict, exc: BaseException) -> None:
         "traceback": "".join(traceback.format_exception(exc)),
     }
     write_json_atomic(path, state)
-    mark(Event.ERROR, {"phase": state.get("current_phase"), "message": str(exc)})
+    mark(Event.ERROR, {"phase": state.get("current_phase"), "message": str(exc), "type": type(exc).__name__})
 
 
 class Agent:
@@ -223,6 +261,25 @@ class Agent:
             cmdline = self.next_cmdline()
             kexec_file_load(self.request["next_kernel"], self.request["next_initrd"], cmdline)
         self.state["next_cmdline"] = cmdline
+        self.check_live_handover()
+
+    def check_live_handover(self) -> None:
+        """The live preflight (:mod:`workbench.lab.handover_live`) when the request names what the next kernel
+        accepts: recorded in the state; a refusal unloads the next kernel and raises :class:`HandoverRefusedLive`."""
+        accepts = self.request.get("preflight_accepts")
+        if accepts is None:
+            return
+        try:
+            formats = read_handover_formats()
+        except OSError as exc:
+            self.state["preflight_live"] = {"verdict": "unavailable", "reason": str(exc)}
+            return
+        verdict = live_preflight(formats, accepts)
+        self.state["preflight_live"] = verdict
+        if verdict["verdict"] == "refuse":
+            kexec_file_unload()
+            self.save()
+            raise HandoverRefusedLive("live preflight refuses the kexec: " + "; ".join(verdict["reasons"]))
 
     def go_ahead(self) -> str | None:
         """None when the kexec may happen; otherwise why not (a dry run, or the host did not confirm)."""

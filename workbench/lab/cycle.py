@@ -120,6 +120,7 @@ def check(workload: Workload, params: CycleParams, target: Target) -> None:
     """Every check that runs before a cycle starts: the cycle's, the workload's and the target's."""
     params.validate()
     workload.validate()
+    workload.validate_session(params.session)
     workload.validate_faults(params.faults)
     target.validate(workload, params)
 
@@ -207,6 +208,7 @@ def record_cycle(
                     serial_log=str(exc.serial_log),
                     run_dir=str(runner.workdir),
                     **runner.failure_details(),
+                    **({"outcome": "refused"} if isinstance(exc, PreflightRefused) else {}),
                 )
                 for name, frame in _tables({"phases": {}, "memfds": []}, runner.marks).items():
                     run.add_table(name, frame)

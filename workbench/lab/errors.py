@@ -19,7 +19,9 @@ __all__ = [
     "KernelWithoutLiveUpdate",
     "CycleFailed",
     "TargetLost",
+    "CycleTimedOut",
     "PreflightRefused",
+    "HandoverRefusedLive",
     "PreflightUnavailable",
     "CycleCancelled",
     "Unverified",
@@ -31,6 +33,8 @@ __all__ = [
     "CriuUnavailable",
     "DumpFailed",
     "RestoreFailed",
+    "SelftestBuildError",
+    "SelftestFailed",
     "UnknownName",
 ]
 
@@ -86,14 +90,25 @@ class CycleFailed(LabError):
         return f"cycle failed in phase {self.phase}: {self.args[0]}{where}"
 
 
+class CycleTimedOut(CycleFailed):
+    """The target printed nothing that the cycle waited for within its time: hung, or far slower than expected."""
+
+
 class PreflightUnavailable(LabError):
     """A target cannot run the preflight (the next kernel's files are not at hand); the message says why. The
     cycle records it and goes on."""
 
 
+class HandoverRefusedLive(LabError):
+    """Raised by the agent just before the kexec: what the running kernel hands over (read live) names a format
+    the next kernel does not accept (:mod:`workbench.lab.handover_live`). The host reports it as
+    :class:`PreflightRefused`."""
+
+
 class PreflightRefused(CycleFailed):
     """The preflight found that the next kernel cannot accept what the running kernel hands over (the message
-    names the subsystem); nothing was booted. ``--force`` runs the cycle anyway."""
+    names the subsystem): before anything booted (from the kernels' files), or in the target just before the kexec
+    (the live check of what it hands over). ``--force`` runs the cycle anyway."""
 
 
 class TargetLost(CycleFailed):
@@ -152,3 +167,14 @@ class DumpFailed(LabError):
 
 class RestoreFailed(LabError):
     """``criu restore`` failed; the message carries the errors from its log."""
+
+
+class SelftestBuildError(LabError):
+    """A kernel's own liveupdate selftests could not be built from its source tree (no tree, no C compiler or
+    ``make``, a failed header install or compile); the message says which step, its last lines of output, and what
+    to do."""
+
+
+class SelftestFailed(LabError):
+    """A stage of a kernel liveupdate selftest (run by the ``selftest`` workload's agent) did not pass; the message
+    names the selftest, the stage, its exit status and the selftest's own failure line."""

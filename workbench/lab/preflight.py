@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.abi.abi_headers import read_abi_headers
+from workbench.abi.abi_headers import ABI_HEADER_DIR, read_abi_headers
 from workbench.lab.kernel import LabKernel
 
-__all__ = ["Preflight", "preflight", "PASS", "REFUSE"]
+__all__ = ["Preflight", "preflight", "accepted_strings", "PASS", "REFUSE"]
 
 PASS = "pass"
 REFUSE = "refuse"
@@ -90,4 +90,18 @@ def _refusal(c, names: tuple[str, str]) -> str | None:
         return f"{c.subsystem}: {running} hands over {c.a!r}, {nxt} accepts only {c.b!r}"
     if c.kind == "string" and c.section_b is None:
         return f"{c.subsystem}: {running} hands over {c.a!r}, but {nxt} is built without {c.subsystem}"
+    return None
+
+
+def accepted_strings(kernel: LabKernel) -> list[str] | None:
+    """The format names (compatible strings) ``kernel``'s handover ABI headers define: what it accepts, for the
+    live check in the target just before the kexec (:mod:`workbench.lab.handover_live`). None when the kernel's
+    source tree is not at hand.
+
+    :param kernel: the kernel that will boot next
+    """
+    for source in (kernel.path / "source", kernel.path):
+        if (source / ABI_HEADER_DIR).is_dir():
+            headers = read_abi_headers(source)
+            return sorted({c.value for c in headers.constants if isinstance(c.value, str)})
     return None

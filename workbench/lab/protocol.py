@@ -141,6 +141,8 @@ class Request:
     next_phase: str = "restore"
     dry_run: bool = False
     confirm_kexec: bool = False
+    #: the compatible strings the next kernel accepts: the agent checks the live handover against them (None: no check)
+    preflight_accepts: list[str] | None = None
     protocol: int = PROTOCOL
     workload_fields: dict[str, Any] = field(default_factory=dict)
 

@@ -18,7 +18,7 @@ from workbench.lab.errors import InvalidCycle, PreflightUnavailable
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update, resolve_kernel
 from workbench.lab.params import CycleParams
-from workbench.lab.preflight import Preflight, preflight
+from workbench.lab.preflight import Preflight, accepted_strings, preflight
 from workbench.lab.protocol import Event, Request, continue_flag
 from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
 from workbench.lab.runner import CycleEvent, MarkRunner
@@ -190,6 +190,14 @@ class QemuRunner(MarkRunner):
     def source_stopped(self, what: str) -> str:
         return f"the VM stopped while {what} (QEMU exit {self.vm.proc.returncode})"
 
+    def live_preflight_accepts(self) -> list[str] | None:
+        """What the next kernel accepts, for the agent's live check before the kexec (None: no check, when the
+        cycle has no preflight, is forced, or kexecs into a bare bzImage)."""
+        nxt = self.target.next if self.target.next is not None else self.kernel
+        if not self.p.preflight or self.p.force or not isinstance(nxt, LabKernel):
+            return None
+        return accepted_strings(nxt)
+
     def execute(self) -> dict[str, Any]:
         p, t, w = self.p, self.target, self.workload
         initrd = build_initramfs()
@@ -221,6 +229,7 @@ class QemuRunner(MarkRunner):
             pause_after=pause_after,
             faults={**p.faults.to_request(), **w.faults()},
             workload_fields=w.request(),
+            preflight_accepts=self.live_preflight_accepts(),
         ).write(self.results)
         args = lab_kernel_args(tcg=tcg, live_update=t.live_update)
         if t.kho_scratch:

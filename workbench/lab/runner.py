@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from workbench.lab.diagnosis import diagnose_file
-from workbench.lab.errors import CycleCancelled, CycleFailed, TargetLost
+from workbench.lab.errors import (
+    CycleCancelled,
+    CycleFailed,
+    CycleTimedOut,
+    HandoverRefusedLive,
+    PreflightRefused,
+    TargetLost,
+)
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, parse_mark, read_json, state_file
 from workbench.lab.qemu import SerialLine
@@ -107,8 +114,12 @@ class MarkRunner:
         return f"the target stopped while {what}"
 
     def failure_details(self) -> dict[str, Any]:
-        """Extra facts recorded with a failed run."""
-        return {}
+        """Extra facts recorded with a failed run: the live preflight's verdict, when the agent got that far."""
+        try:
+            live = read_json(self.results / state_file("prepare")).get("preflight_live")
+        except (OSError, ValueError):
+            return {}
+        return {"preflight_live": live} if live else {}
 
     def execute(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -160,6 +171,9 @@ class MarkRunner:
                 if event in Event.FAILURES:
                     phase = data.get("phase") or self.phase
                     detail = self.agent_error() or data.get("message") or data.get("text")
+                    if data.get("type") == HandoverRefusedLive.__name__:
+                        message = f"{data.get('message')} (--force runs it anyway)"
+                        raise self.fail(message, "preflight", kind=PreflightRefused)
                     raise self.fail(f"the agent reported: {detail}", phase)
                 return event, data, line.host_time
             if self.cancel.is_set():
@@ -167,7 +181,7 @@ class MarkRunner:
             if stopped:
                 raise self.fail(self.source_stopped(what), kind=TargetLost)
             if time.monotonic() >= deadline:
-                raise self.fail(f"timed out after {timeout:.0f} s {what}")
+                raise self.fail(f"timed out after {timeout:.0f} s {what}", kind=CycleTimedOut)
             start = scanned  # not len(source.lines): a line that came after wait_for gave up is still unseen
 
     def wait_phases(self, phases: tuple[str, ...], pause_after: list[str], timeout: float) -> None:
@@ -231,6 +245,8 @@ class MarkRunner:
             "differing_pages": {str(m["memfd"]): m["differing_pages"] for m in memfds if m["differing_count"]},
             "hash": prepare.get("hash_impl"),
         }
+        if prepare.get("preflight_live"):
+            result["preflight_live"] = prepare["preflight_live"]
         if restore.get("events") or prepare.get("events"):
             result["events"] = prepare.get("events", []) + restore.get("events", [])
         return self.workload.summarize(result, prepare, restore, self.marks)

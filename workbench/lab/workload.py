@@ -7,8 +7,10 @@ only. The cycle (:mod:`workbench.lab.cycle`) and the targets use nothing else, s
 a subclass of :class:`Workload` decorated with :func:`register`.
 
 The built-in workloads are found by name without importing them all up front: ``memfd``
-(:mod:`workbench.lab.workloads.memfd`), ``converted`` (:mod:`workbench.lab.workloads.converted`) and ``criu``
-(:mod:`workbench.lab.workloads.criu`)."""
+(:mod:`workbench.lab.workloads.memfd`), ``converted`` (:mod:`workbench.lab.workloads.converted`), ``criu``
+(:mod:`workbench.lab.workloads.criu`), ``sessions`` (memfds of several sizes and a session of small files,
+:mod:`workbench.lab.workloads.sessions`) and ``selftest`` (the kernel's own kexec-spanning liveupdate selftests,
+stage 1 before the kexec and stage 2 after it, :mod:`workbench.lab.workloads.selftest`)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ _BUILTIN = {
     "memfd": "workbench.lab.workloads.memfd",
     "converted": "workbench.lab.workloads.converted",
     "criu": "workbench.lab.workloads.criu",
+    "selftest": "workbench.lab.workloads.selftest",
+    "sessions": "workbench.lab.workloads.sessions",
 }
 _REGISTRY: dict[str, type[Workload]] = {}
 
@@ -50,6 +54,10 @@ class Workload:
 
     def validate(self) -> None:
         """Raises :class:`~workbench.lab.errors.InvalidCycle` naming the parameter that is wrong."""
+
+    def validate_session(self, session: str) -> None:
+        """Raises :class:`~workbench.lab.errors.InvalidCycle` when the cycle's LUO session name ``session`` does not
+        suit the workload (e.g. a workload that adds a suffix for a second session)."""
 
     def validate_faults(self, faults: Faults) -> None:
         """Raises :class:`~workbench.lab.errors.InvalidCycle` when ``faults`` name something the workload lacks."""

@@ -34,16 +34,27 @@ AGENT_FILES = (
     "workbench/lab/agent_core.py",
     "workbench/lab/errors.py",
     "workbench/lab/faults.py",
+    "workbench/lab/handover_live.py",
     "workbench/lab/liveupdate.py",
     "workbench/lab/protocol.py",
     "workbench/lab/workload.py",
     "workbench/lab/workloads/__init__.py",
     "workbench/lab/workloads/memfd.py",
+    "workbench/lab/workloads/sessions.py",
     "workbench/kernels/__init__.py",
     "workbench/kernels/pagehash.py",
 )
 #: the agent's modules (in ``workbench/lab``) whose hashes tell whether the host's agent is this checkout's
-AGENT_SHA = ("agent.py", "agent_core.py", "liveupdate.py", "protocol.py", "workload.py", "workloads/memfd.py")
+AGENT_SHA = (
+    "agent.py",
+    "agent_core.py",
+    "handover_live.py",
+    "liveupdate.py",
+    "protocol.py",
+    "workload.py",
+    "workloads/memfd.py",
+    "workloads/sessions.py",
+)
 #: the agent's files in the results folder (removed before a cycle that reuses a folder, copied back after)
 RESULT_FILES = protocol.RESULT_FILES
 _PKG_ROOT = Path(__file__).resolve().parents[3]  # the folder that holds the workbench package

@@ -95,7 +95,8 @@ class _SshRunner(MarkRunner):
         return f"the SSH channel to {self.host.name} closed while {what} (remote exit status {status}){tail}"
 
     def failure_details(self) -> dict[str, Any]:
-        return {"host": self.host.name, "address": self.host.address, "remote_results": self.remote_dir, **self.info}
+        own = {"host": self.host.name, "address": self.host.address, "remote_results": self.remote_dir, **self.info}
+        return {**super().failure_details(), **own}
 
     def agent_error(self) -> str | None:
         self._fetch_results(("prepare.json", "restore.json"))

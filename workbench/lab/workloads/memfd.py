@@ -18,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from workbench.lab.agent_core import PAGE, Agent, fill_pattern, fingerprint, load_hasher, mark, page_frames
+from workbench.lab.agent_core import (
+    PAGE,
+    Agent,
+    differing_pages,
+    fill_pattern,
+    fingerprint,
+    load_hasher,
+    map_retrieved,
+    mark,
+    page_frames,
+)
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.faults import Faults
 from workbench.lab.liveupdate import LiveUpdate
@@ -163,6 +173,12 @@ class MemfdAgent(Agent):
             outcome["mmap_store"] = f"refused: {exc}"
         self.state["modify_after_preserve"] = outcome
 
+    def corrupt(self, maps: list[mmap.mmap], where: dict) -> None:
+        """Fault injection: flip one bit of a page after the kexec, before verifying."""
+        i, page = where.get("memfd", 0), where.get("page", 0)
+        maps[i][page * PAGE + 17] ^= 0x01
+        self.state["events"].append(f"fault injection: flipped one bit of page {page} of memfd {i}")
+
     # -- after the kexec -------------------------------------------------------------------------------------
     def restore(self) -> None:
         req = self.request
@@ -178,22 +194,14 @@ class MemfdAgent(Agent):
                 fds.append(session.retrieve(token))
                 retrieve_s.append(time.monotonic() - t0)
         self.state["retrieve_s"] = retrieve_s
-        sizes = [os.fstat(fd).st_size for fd in fds]
-        maps = [
-            mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            for fd, size in zip(fds, sizes, strict=True)
-        ]
-        for m in maps:  # fault every page in: pagemap shows only mapped pages, and a fresh mapping has none
-            np.frombuffer(m, dtype=np.uint8)[::PAGE].sum()
+        sizes, maps = map_retrieved(fds)
         np.save(
             self.results / FRAMES_AFTER,
             np.stack([page_frames(m) for m in maps]) if maps else np.zeros((0, 0), dtype=np.uint64),
         )
         self.pause("restore")
         if "corrupt_page" in faults:
-            i, page = faults["corrupt_page"].get("memfd", 0), faults["corrupt_page"].get("page", 0)
-            maps[i][page * PAGE + 17] ^= 0x01
-            self.state["events"].append(f"fault injection: flipped one bit of page {page} of memfd {i}")
+            self.corrupt(maps, faults["corrupt_page"])
         self.timed_setup("hasher", load_hasher)
         with self.phase("verify"):
             after, impl, verify_s = [], [], []
@@ -208,9 +216,7 @@ class MemfdAgent(Agent):
             report = []
             for i, h in enumerate(after):
                 expected = before[i] if i < len(before) else np.zeros(0, dtype=np.uint64)
-                n = min(len(h), len(expected))
-                differing = np.flatnonzero(h[:n] != expected[:n]).tolist()
-                differing += list(range(n, max(len(h), len(expected))))
+                differing = differing_pages(expected, h)
                 report.append(
                     {
                         "memfd": i,
