@@ -61,12 +61,13 @@ def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--dump-format", type=click.Choice(["elf", "kdump-zlib"]), default="elf", show_default=True)
 @click.option(
     "--workload",
-    type=click.Choice(["memfd", "sessions", "criu", "selftest"]),
+    type=click.Choice(["memfd", "sessions", "criu", "selftest", "baseline"]),
     default="memfd",
     show_default=True,
     help="memfd: preserve memfds; sessions: memfds of several sizes in one session and small files in a second; "
     "criu: keep a running process alive with CRIU (qemu target); selftest: the kernel's own liveupdate selftest "
-    "(--selftest), stage 1 built from --kernel's sources, stage 2 from --next-kernel's (qemu target).",
+    "(--selftest), stage 1 built from --kernel's sources, stage 2 from --next-kernel's (qemu target); baseline: a "
+    "kexec that preserves nothing (qemu target).",
 )
 @click.option(
     "--selftest",

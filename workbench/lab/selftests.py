@@ -232,13 +232,7 @@ def cached_selftests(kernel: LabKernel, *, cc: str = "gcc") -> SelftestBuild | N
     :param cc: the C compiler (its version is part of the key)
     :raises SelftestBuildError: no source tree with the selftests, or no compiler"""
     source = selftest_source(kernel)
-    folder = _selftests_root(kernel) / f"liveupdate-{selftests_key(source, compiler_version(cc))}"
-    if not (folder / MANIFEST).is_file():
-        return None
-    try:
-        return SelftestBuild.load(folder)
-    except ValueError:
-        return None
+    return _load_if_complete(_selftests_root(kernel) / f"liveupdate-{selftests_key(source, compiler_version(cc))}")
 
 
 def build_selftests(

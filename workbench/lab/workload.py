@@ -10,7 +10,8 @@ The built-in workloads are found by name without importing them all up front: ``
 (:mod:`workbench.lab.workloads.memfd`), ``converted`` (:mod:`workbench.lab.workloads.converted`), ``criu``
 (:mod:`workbench.lab.workloads.criu`), ``sessions`` (memfds of several sizes and a session of small files,
 :mod:`workbench.lab.workloads.sessions`) and ``selftest`` (the kernel's own kexec-spanning liveupdate selftests,
-stage 1 before the kexec and stage 2 after it, :mod:`workbench.lab.workloads.selftest`)."""
+stage 1 before the kexec and stage 2 after it, :mod:`workbench.lab.workloads.selftest`) and ``baseline`` (a kexec
+that preserves nothing, :mod:`workbench.lab.workloads.baseline`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ _BUILTIN = {
     "criu": "workbench.lab.workloads.criu",
     "selftest": "workbench.lab.workloads.selftest",
     "sessions": "workbench.lab.workloads.sessions",
+    "baseline": "workbench.lab.workloads.baseline",
 }
 _REGISTRY: dict[str, type[Workload]] = {}
 

@@ -179,6 +179,21 @@ class MemfdAgent(Agent):
         maps[i][page * PAGE + 17] ^= 0x01
         self.state["events"].append(f"fault injection: flipped one bit of page {page} of memfd {i}")
 
+    def record_verification(self, report: list[dict[str, Any]]) -> None:
+        """Keeps the per-file ``report`` of the verification and its verdict: every file whole and unchanged."""
+        self.state["memfds"] = report
+        self.state["verified"] = bool(report) and all(
+            r["differing_count"] == 0 and r["size"] == r["expected_size"] for r in report
+        )
+        self.state["pages_checked"] = int(sum(r["pages"] for r in report))
+        self.save()
+
+    def report_done(self) -> None:
+        """The cycle is over in the target: says so in the state and to the host."""
+        self.state["finished"] = True
+        self.save()
+        mark(Event.DONE, {"verified": self.state["verified"], "pages_checked": self.state["pages_checked"]})
+
     # -- after the kexec -------------------------------------------------------------------------------------
     def restore(self) -> None:
         req = self.request
@@ -230,12 +245,7 @@ class MemfdAgent(Agent):
                 )
             np.save(self.results / FINGERPRINTS_AFTER, np.stack(after) if after else np.zeros((0, 0)))
         self.state["hash_impl_after"] = impl[0] if impl else None
-        self.state["memfds"] = report
-        self.state["verified"] = bool(report) and all(
-            r["differing_count"] == 0 and r["size"] == r["expected_size"] for r in report
-        )
-        self.state["pages_checked"] = int(sum(r["pages"] for r in report))
-        self.save()
+        self.record_verification(report)
         with self.phase("finish"):
             for m in maps:
                 m.close()
@@ -244,6 +254,4 @@ class MemfdAgent(Agent):
                 os.close(fd)
             session.close()
             luo.close()
-        self.state["finished"] = True
-        self.save()
-        mark(Event.DONE, {"verified": self.state["verified"], "pages_checked": self.state["pages_checked"]})
+        self.report_done()

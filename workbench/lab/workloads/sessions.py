@@ -36,13 +36,12 @@ from workbench.lab.agent_core import (
     fingerprint,
     load_hasher,
     map_retrieved,
-    mark,
     page_frames,
 )
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.faults import Faults
 from workbench.lab.liveupdate import SESSION_NAME_MAX, LiveUpdate, Session, check_session_name
-from workbench.lab.protocol import FINGERPRINTS_AFTER, FINGERPRINTS_BEFORE, FRAMES_AFTER, FRAMES_BEFORE, Event
+from workbench.lab.protocol import FINGERPRINTS_AFTER, FINGERPRINTS_BEFORE, FRAMES_AFTER, FRAMES_BEFORE
 from workbench.lab.workload import Workload, register
 from workbench.lab.workloads.memfd import MemfdAgent
 
@@ -375,12 +374,7 @@ class SessionsAgent(MemfdAgent):
             np.save(self.results / FINGERPRINTS_AFTER, _concatenated(after))
         self.state["retrieve_s"] = retrieve_s
         self.state["hash_impl_after"] = impl
-        self.state["memfds"] = report
-        self.state["verified"] = bool(report) and all(
-            r["differing_count"] == 0 and r["size"] == r["expected_size"] for r in report
-        )
-        self.state["pages_checked"] = int(sum(r["pages"] for r in report))
-        self.save()
+        self.record_verification(report)
         with self.phase("finish"):
             for m in maps:
                 m.close()
@@ -391,6 +385,4 @@ class SessionsAgent(MemfdAgent):
             for session in sessions.values():
                 session.close()
             luo.close()
-        self.state["finished"] = True
-        self.save()
-        mark(Event.DONE, {"verified": self.state["verified"], "pages_checked": self.state["pages_checked"]})
+        self.report_done()
