@@ -169,7 +169,7 @@ def run_cycles(
 
 def _tables(result: dict[str, Any], marks: list[tuple[str, dict, float]]) -> dict[str, pd.DataFrame]:
     t0 = marks[0][2] if marks else 0.0
-    return {
+    tables = {
         "phases": pd.DataFrame({"phase": list(result["phases"]), "seconds": list(result["phases"].values())}),
         "memfds": pd.DataFrame(
             [{k: v for k, v in m.items() if k != "differing_pages"} for m in result["memfds"]],
@@ -180,6 +180,11 @@ def _tables(result: dict[str, Any], marks: list[tuple[str, dict, float]]) -> dic
             columns=["event", "detail", "host_s"],
         ),
     }
+    if result.get("blackout_timeline"):  # the blackout's named phases, seconds after the kexec mark
+        tables["blackout_phases"] = pd.DataFrame(
+            result["blackout_timeline"], columns=["phase", "start_s", "end_s", "seconds"]
+        )
+    return tables
 
 
 def record_cycle(

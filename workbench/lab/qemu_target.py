@@ -14,6 +14,7 @@ from typing import Any
 from workbench.elf import ElfError
 from workbench.environment import REPO_ROOT
 from workbench.lab.accel import AccelChoice, choose_accelerator
+from workbench.lab.blackout_anatomy import anatomy_console_args, blackout_anatomy
 from workbench.lab.errors import InvalidCycle, PreflightUnavailable
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update, resolve_kernel
@@ -231,7 +232,7 @@ class QemuRunner(MarkRunner):
             workload_fields=w.request(),
             preflight_accepts=self.live_preflight_accepts(),
         ).write(self.results)
-        args = lab_kernel_args(tcg=tcg, live_update=t.live_update)
+        args = anatomy_console_args(lab_kernel_args(tcg=tcg, live_update=t.live_update))
         if t.kho_scratch:
             args.append(f"kho_scratch={t.kho_scratch}")
         args += [f"wb.python={sys.executable}", f"wb.repo={REPO_ROOT}"]
@@ -294,9 +295,20 @@ class QemuRunner(MarkRunner):
             (self.results / continue_flag(phase)).write_text("go\n")
         self.emit(kind="state", name="running")
 
+    def blackout_anatomy(self, t_kexec: float, t_back: float) -> dict[str, Any]:
+        """The blackout as named phases (:mod:`workbench.lab.blackout_anatomy`) from the console lines after the
+        kexec mark, ``retrieve`` ending with the workload's first phase after the kexec."""
+        first = self.workload.phases_after_kexec[:1]
+        t_retrieved = next(
+            (t for e, d, t in self.marks if e == Event.PHASE_END and t >= t_back and d.get("phase") in first), None
+        )
+        after = [(line.host_time, line.text) for line in self.vm.lines if line.host_time >= t_kexec]
+        return blackout_anatomy(after, t_kexec, t_back, t_retrieved).as_result()
+
     def collect(self, t_boot, t_agent, t_kexec, t_init, t_back, accel: AccelChoice) -> dict[str, Any]:
         prepare, restore = self.read_state("prepare"), self.read_state("restore")
         result = self.agent_result(prepare, restore, t_kexec, t_back)
+        result.update(self.blackout_anatomy(t_kexec, t_back))
         result.update(
             {
                 "blackout_breakdown": {"kexec_to_init_s": t_init - t_kexec, "init_to_agent_s": t_back - t_init},
