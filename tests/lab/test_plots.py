@@ -49,6 +49,16 @@ def test_cycle_timeline_lays_the_phases_end_to_end_and_shades_the_blackout():
     assert len({t.marker.color for t in fig.data}) == len(fig.data)  # one colour per phase
 
 
+def test_the_blackouts_named_phases_fill_the_kexec_bar_on_their_own_row():
+    anatomy = {"kexec_to_console": 0.2, "early_boot": 0.3, "initcalls": 0.4, "agent_start": 0.5}
+    fig = cycle_timeline({**CYCLE, "blackout_phases": anatomy, "unexplained_s": 0.1})
+    rows = [(t.name, float(t.base[0]), float(t.x[0])) for t in fig.data if t.y[0] == "blackout"]
+    assert [name for name, _, _ in rows] == [*anatomy, "unexplained"]
+    assert rows[0][1] == pytest.approx(1.05)  # starts where the kexec bar starts
+    assert rows[-1][1] + rows[-1][2] == pytest.approx(1.05 + 1.5)  # and ends where it ends
+    assert fig.layout.yaxis.visible is True
+
+
 def test_cycle_timeline_of_a_failed_cycle_without_kexec_has_no_blackout():
     result = {"phases": {"restore": 0.3, "prepare": 0.5, "convert": 0.2}, "blackout_s": 0.0, "verified": False}
     fig = cycle_timeline(result, title="stopped before the kexec")

@@ -23,7 +23,8 @@ _COLORS = {
 
 
 def cycle_timeline(result: dict[str, Any], title: str | None = None) -> go.Figure:
-    """Phases laid end to end on one time axis (seconds since prepare began), the blackout shaded."""
+    """Phases laid end to end on one time axis (seconds since prepare began), the blackout shaded and, when the
+    cycle reports them, its named phases on a second row (kexec → console, early boot, ..., agent start)."""
     t = 0.0
     fig = go.Figure()
     blackout = None
@@ -46,6 +47,7 @@ def cycle_timeline(result: dict[str, Any], title: str | None = None) -> go.Figur
             blackout = (t, t + secs)
         t += secs
     if blackout:
+        _add_anatomy(fig, result, blackout[0])
         fig.add_vrect(
             x0=blackout[0],
             x1=blackout[1],
@@ -64,9 +66,36 @@ def cycle_timeline(result: dict[str, Any], title: str | None = None) -> go.Figur
         legend_orientation="h",
         legend_traceorder="normal",
         legend_y=-0.4,
-        yaxis_visible=False,
+        yaxis_visible=bool(result.get("blackout_phases")),
     )
     return fig
+
+
+#: the blackout's named phases (:mod:`workbench.lab.blackout_anatomy`), lightest for the lab's own start-up
+_ANATOMY_COLORS = ("#67000d", "#a50f15", "#cb181d", "#ef3b2c", "#fb6a4a", "#fc9272", "#fcbba1", "#fee0d2")
+
+
+def _add_anatomy(fig: go.Figure, result: dict[str, Any], start: float) -> None:
+    """The blackout's named phases, on a row of their own under the kexec bar, and what they leave unexplained."""
+    phases = dict(result.get("blackout_phases") or {})
+    if result.get("unexplained_s"):
+        phases["unexplained"] = result["unexplained_s"]
+    t = start
+    for i, (name, secs) in enumerate(phases.items()):
+        if not secs:
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=[float(secs)],
+                y=["blackout"],
+                base=[t],
+                orientation="h",
+                name=name,
+                marker_color="#bdbdbd" if name == "unexplained" else _ANATOMY_COLORS[i % len(_ANATOMY_COLORS)],
+                hovertemplate=f"{name}: %{{x:.3f}} s<extra></extra>",
+            )
+        )
+        t += float(secs)
 
 
 def phase_bars(runs: pd.DataFrame) -> go.Figure:
