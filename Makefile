@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lab lint format system-deps kernel clean-venv
+.PHONY: demo test test-fast fuzz lab lint format system-deps kernel clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP) system-deps
 ## test-fast: the tests that need neither the lab kernel nor a notebook kernel
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not lab and not notebook" $(PYTEST_ARGS)
+
+## fuzz: the hostile-input tests (tests/fuzz) with 20000 examples each instead of the suite's 80: hours;
+## FUZZ_MAX_EXAMPLES=N sets another number
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/fuzz --timeout=0 --hypothesis-show-statistics $(PYTEST_ARGS)
 
 ## lab: open JupyterLab on the notebooks
 lab: $(STAMP)

@@ -12,6 +12,7 @@ This module imports nothing from the workbench.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -267,6 +268,11 @@ class ElfFile:
         regions = [(s.offset, s.size, s.addralign) for s in self.section_headers() if s.type == SHT_NOTE]
         if not regions:
             regions = [(p.offset, p.filesz, p.align) for p in self.program_headers() if p.type == PT_NOTE]
+        total = sum(size for _offset, size, _align in regions)
+        if total > self.size:
+            raise MalformedElf(
+                f"{self.name}: its note areas add up to {total} bytes, more than the file's {self.size}: they overlap"
+            )
         for offset, size, align in regions:
             yield from self._parse_notes(offset, size, 8 if align == 8 else 4)
 
@@ -312,6 +318,10 @@ class ElfFile:
         fmt = h.byte_order + _SYMBOL_FORMAT[h.bits]
         entsize = symtab.entsize or struct.calcsize(fmt)
         wanted = set(names) if names is not None else None
+        nuls, at = [], strings.find(b"\0")  # each name ends at the first of these after it (found once)
+        while at >= 0:
+            nuls.append(at)
+            at = strings.find(b"\0", at + 1)
         found: dict[str, int] = {}
         for fields in self._table(symtab.offset, symtab.size // entsize, entsize, fmt, "symbol"):
             if h.bits == 64:
@@ -320,9 +330,10 @@ class ElfFile:
                 name_at, value, _size, _info, _other, shndx = fields
             if not name_at or not shndx:  # unnamed, or undefined here
                 continue
-            end = strings.find(b"\0", name_at)
-            if end < 0:
+            first_nul = bisect.bisect_left(nuls, name_at)
+            if first_nul == len(nuls):
                 raise MalformedElf(f"{self.name}: a symbol name at {name_at:#x} runs past its string table")
+            end = nuls[first_nul]
             name = strings[name_at:end].decode("latin-1")
             if (wanted is None or name in wanted) and name not in found:
                 found[name] = value

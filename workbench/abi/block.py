@@ -3,7 +3,9 @@
 
 LUO keeps its sessions and each session's files in such lists. The decoder applies the checks of
 ``kho_block_set_restore`` (no cycle, at most 10000 blocks, 1 <= count <= entries per block) and also checks that
-every block is a page inside memory.
+every block is a page inside memory and, given the blocks of the structure's other lists, that no block belongs to
+two lists (the kernel allocates each list's blocks itself; shared blocks would make a decoder read them once per
+list).
 """
 
 from __future__ import annotations
@@ -67,8 +69,19 @@ class BlockList:
         return [b.phys for b in self.blocks]
 
 
-def read_block_list(mem: PhysicalMemory, head_phys: int, entry_size: int, what: str = "block list") -> BlockList:
-    """Follows the list at ``head_phys`` (0 is the empty list). ``what`` names the list in error messages."""
+def read_block_list(
+    mem: PhysicalMemory,
+    head_phys: int,
+    entry_size: int,
+    what: str = "block list",
+    claimed: dict[int, str] | None = None,
+) -> BlockList:
+    """Follows the list at ``head_phys`` (0 is the empty list).
+
+    :param what: names the list in error messages
+    :param claimed: the blocks of other lists of the same structure (page -> the list it belongs to); a block found
+        there is :class:`LoopDetected`; this list's blocks are added to it
+    """
     per_block = entries_per_block(entry_size)
     blocks: list[Block] = []
     seen: dict[int, int] = {}
@@ -85,6 +98,14 @@ def read_block_list(mem: PhysicalMemory, head_phys: int, entry_size: int, what: 
             raise MalformedData(f"{what}: block {phys:#x} (from {came_from}) is not page aligned", phys)
         if not mem.contains(phys, KHO_BLOCK_SIZE):
             raise AddressNotInMemory(f"{what}: block {phys:#x} (from {came_from}) is outside memory", phys)
+        if claimed is not None:
+            if phys in claimed:
+                raise LoopDetected(
+                    f"{what}: block {phys:#x} (from {came_from}) is also a block of {claimed[phys]}: "
+                    "two lists share their blocks",
+                    phys,
+                )
+            claimed[phys] = what
         seen[phys] = len(blocks)
         page = mem.read(phys, KHO_BLOCK_SIZE)
         next_phys, count = _HEADER.unpack_from(page)

@@ -30,6 +30,7 @@ from workbench.abi.physmem import PAGE_SIZE, PhysicalMemory
 __all__ = [
     "FDT_MAGIC",
     "FDT_HEADER_SIZE",
+    "MAX_FDT_DEPTH",
     "KHO_FDT_COMPATIBLE",
     "MEMORY_MAP_PROP",
     "SUBTREE_DATA_PROP",
@@ -38,6 +39,8 @@ __all__ = [
     "KhoSubtree",
     "KhoFdt",
     "parse_fdt",
+    "fdt_node_name",
+    "fdt_node_properties",
     "decode_kho_fdt",
     "read_fdt_blob",
     "read_kho_fdt",
@@ -53,6 +56,7 @@ MEMORY_MAP_PROP = "preserved-memory-map"  # KHO_FDT_MEMORY_MAP_PROP_NAME
 SUBTREE_DATA_PROP = "preserved-data"  # KHO_SUB_TREE_PROP_NAME
 SUBTREE_SIZE_PROP = "blob-size"  # KHO_SUB_TREE_SIZE_PROP_NAME
 MAX_FDT_SIZE = 1 << 20  # far above the one page the kernel gives the KHO FDT; bounds a read of garbage
+MAX_FDT_DEPTH = 64  # the KHO FDT has two levels; deeper nesting is garbage (and libfdt's walk grows with depth)
 
 
 def _at(phys: int | None) -> str:
@@ -127,28 +131,83 @@ def _check_header(blob: bytes, phys: int | None) -> int:
 
 
 def parse_fdt(blob: bytes, phys: int | None = None) -> FdtNode:
-    """The whole tree of an FDT blob; errors name ``phys`` when given."""
+    """The whole tree of an FDT blob; errors name ``phys`` when given. Nodes nested more than
+    ``MAX_FDT_DEPTH`` levels deep are :class:`MalformedData`."""
     _check_header(blob, phys)
     try:
-        fdt = libfdt.Fdt(bytes(blob))
-        return _node(fdt, 0, "", "/")
+        return _tree(libfdt.Fdt(bytes(blob)), phys)
     except libfdt.FdtException as exc:
         raise _libfdt_error(exc, phys) from exc
 
 
-def _node(fdt: libfdt.Fdt, offset: int, name: str, path: str) -> FdtNode:
-    node = FdtNode(name=name, path=path)
+def _tree(fdt: libfdt.Fdt, phys: int | None) -> FdtNode:
+    root = FdtNode(name="", path="/")
+    pending = [(0, root, 1)]  # (offset, node, depth): walked without recursion, whatever the nesting
+    while pending:
+        offset, node, depth = pending.pop()
+        node.properties = fdt_node_properties(fdt, offset, phys)
+        child = fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
+        if child >= 0 and depth == MAX_FDT_DEPTH:
+            raise MalformedData(f"FDT{_at(phys)}: nodes are nested deeper than {MAX_FDT_DEPTH} levels", phys)
+        while child >= 0:
+            name = fdt_node_name(fdt, child, phys)
+            sub = FdtNode(name=name, path=node.path.rstrip("/") + "/" + name)
+            node.children.append(sub)
+            pending.append((child, sub, depth + 1))
+            child = fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
+    return root
+
+
+# pylibfdt's own name getters crash the interpreter on a name offset outside the strings block and fail with a
+# SystemError on one that is not UTF-8: names are read from the blob here, at offsets libfdt has walked to.
+def _blocks(fdt: libfdt.Fdt, phys: int | None) -> tuple[bytearray, int, int, int, int]:
+    blob = fdt.as_bytearray()
+    off_struct, off_strings, _rsvmap, version = struct.unpack_from(">IIII", blob, 8)
+    size_strings, size_struct = struct.unpack_from(">II", blob, 32)
+    if version < 16:
+        raise IncompatibleFormat(f"FDT{_at(phys)}: version {version} is older than 16", phys)
+    struct_end = off_struct + size_struct if version >= 17 else fdt.totalsize()  # version 16 has no block size
+    return blob, off_struct, struct_end, off_strings, off_strings + size_strings
+
+
+def _c_name(blob: bytearray, start: int, end: int, what: str, phys: int | None) -> str:
+    stop = blob.find(b"\0", start, end) if 0 <= start < end else -1
+    if stop < 0:
+        raise MalformedData(f"FDT{_at(phys)}: {what} at {start:#x} does not end inside its block", phys)
+    return blob[start:stop].decode("utf-8", "replace")
+
+
+def fdt_node_name(fdt: libfdt.Fdt, offset: int, phys: int | None = None) -> str:
+    """The name of the node at structure offset ``offset`` (from libfdt's walk); undecodable bytes replaced.
+
+    :param fdt: the checked FDT
+    :param offset: the node's offset, as libfdt returns it
+    :param phys: where the FDT is, for error messages
+    """
+    blob, off_struct, struct_end, _strings, _strings_end = _blocks(fdt, phys)
+    return _c_name(blob, off_struct + offset + 4, struct_end, "a node name", phys)
+
+
+def fdt_node_properties(fdt: libfdt.Fdt, offset: int, phys: int | None = None) -> dict[str, bytes]:
+    """The properties of the node at structure offset ``offset``, in blob order, as ``{name: value}``.
+
+    :param fdt: the checked FDT
+    :param offset: the node's offset, as libfdt returns it
+    :param phys: where the FDT is, for error messages
+    :raises MalformedData: a property's name or value lies outside its block
+    """
+    blob, off_struct, struct_end, off_strings, strings_end = _blocks(fdt, phys)
+    properties = {}
     prop = fdt.first_property_offset(offset, quiet=(libfdt.NOTFOUND,))
     while prop >= 0:
-        p = fdt.get_property_by_offset(prop)
-        node.properties[p.name] = bytes(p)
+        _tag, length, name_offset = struct.unpack_from(">III", blob, off_struct + prop)
+        value_start = off_struct + prop + 12
+        if value_start + length > struct_end:
+            raise MalformedData(f"FDT{_at(phys)}: the property at {prop:#x} runs past the structure block", phys)
+        name = _c_name(blob, off_strings + name_offset, strings_end, "a property name", phys)
+        properties[name] = bytes(blob[value_start : value_start + length])
         prop = fdt.next_property_offset(prop, quiet=(libfdt.NOTFOUND,))
-    child = fdt.first_subnode(offset, quiet=(libfdt.NOTFOUND,))
-    while child >= 0:
-        child_name = fdt.get_name(child)
-        node.children.append(_node(fdt, child, child_name, path.rstrip("/") + "/" + child_name))
-        child = fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
-    return node
+    return properties
 
 
 def _u64_prop(node: FdtNode, name: str, phys: int | None) -> int:
@@ -198,8 +257,9 @@ def read_kho_fdt(mem: PhysicalMemory, phys: int) -> KhoFdt:
 def find_kho_fdts(mem: PhysicalMemory, step: int = PAGE_SIZE, chunk_bytes: int = 64 << 20) -> list[int]:
     """Physical addresses (multiples of ``step``) holding a valid KHO FDT, in ascending order.
 
-    The kernel allocates the FDT as a whole page, so only page starts are looked at; each FDT magic found there
-    is decoded fully and kept only if its root is ``kho-v4``.
+    The kernel allocates the FDT as one whole page, so only page starts are looked at, and an FDT magic found
+    there is decoded (and kept if its root is ``kho-v4``) only if its ``totalsize`` fits in a page: a garbage
+    header claiming more would otherwise have every candidate read up to 1 MiB.
     """
     magic = np.array(FDT_MAGIC, dtype=">u4")
     found = []
@@ -214,7 +274,7 @@ def find_kho_fdts(mem: PhysicalMemory, step: int = PAGE_SIZE, chunk_bytes: int =
             for page in np.flatnonzero(words == magic).tolist():
                 phys = start + page * step
                 try:
-                    read_kho_fdt(mem, phys)
+                    decode_kho_fdt(read_fdt_blob(mem, phys, PAGE_SIZE), phys)
                 except AbiError:
                     continue
                 found.append(phys)

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from workbench.abi.alloc import PageAllocator
-from workbench.abi.errors import AbiError, TruncatedData
+from workbench.abi.errors import AbiError, MalformedData, TruncatedData
 from workbench.abi.fdt import (
     FDT_HEADER_SIZE,
     FDT_MAGIC,
     FdtNode,
     KhoFdt,
+    KhoSubtree,
     decode_kho_fdt,
     encode_kho_fdt,
     find_kho_fdt,
@@ -215,24 +216,41 @@ def _decode_from_fdt(mem: PhysicalMemory, fdt: KhoFdt, *, memory_map: bool, stri
 
     if memory_map:
         handover.memory_map = attempt(lambda: read_radix_tree(mem, fdt.memory_map_phys))
+    subtree_fdt_bytes = [0]
     for sub in fdt.subtrees:
         if sub.name == KHO_METADATA_NODE_NAME:
             handover.kexec_metadata = attempt(lambda s=sub: decode_kexec_metadata(mem, s.data_phys, s.blob_size))
         elif sub.name == LUO_KHO_ENTRY_NAME:
             handover.luo = attempt(lambda s=sub: decode_luo(mem, s.data_phys, s.blob_size))
         elif _holds_fdt(mem, sub.data_phys, sub.blob_size):
-            node = attempt(lambda s=sub: parse_fdt(read_fdt_blob(mem, s.data_phys), s.data_phys))
+            node = attempt(lambda s=sub: _read_subtree_fdt(mem, s, subtree_fdt_bytes))
             if node is not None:
                 handover.subtree_fdts[sub.name] = node
     if handover.luo is not None:
+        folio_array_pages: dict[int, str] = {}
         for session in handover.luo.sessions:
             for f in session.files:
                 if f.compatible == MEMFD_LUO_FH_COMPATIBLE:
                     what = f"memfd {session.name}/{f.token:#x} (memfd_luo_ser at {f.data:#x})"
-                    memfd = attempt(lambda f=f, what=what: decode_memfd(mem, f.data, what))
+                    memfd = attempt(lambda f=f, what=what: decode_memfd(mem, f.data, what, claimed=folio_array_pages))
                     if memfd is not None:
                         handover.memfds[(session.name, f.token)] = memfd
     return handover
+
+
+def _read_subtree_fdt(mem: PhysicalMemory, sub: KhoSubtree, total: list[int]) -> FdtNode:
+    """The tree of a sub-node's FDT blob. ``total`` counts the bytes of the sub-FDTs read so far: in memory they
+    cannot add up to more than there is, unless several sub-nodes point into the same bytes, which would have them
+    read again and again."""
+    size = struct.unpack(">I", mem.read(sub.data_phys + 4, 4))[0]  # its totalsize, before reading it
+    total[0] += size if size <= _MAX_SUBTREE_FDT else 0  # a larger one: read_fdt_blob says what is wrong
+    if total[0] > mem.size:
+        raise MalformedData(
+            f"KHO sub-node {sub.name!r}: its FDT at {sub.data_phys:#x} brings the sub-FDTs to {total[0]} bytes, more "
+            f"than the {mem.size} bytes of memory: sub-nodes point into the same FDT",
+            sub.data_phys,
+        )
+    return parse_fdt(read_fdt_blob(mem, sub.data_phys), sub.data_phys)
 
 
 @dataclass

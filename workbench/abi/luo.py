@@ -16,7 +16,7 @@ import pandas as pd
 
 from workbench.abi.alloc import PageAllocator
 from workbench.abi.block import encode_block_list, read_block_list
-from workbench.abi.errors import CountMismatch, IncompatibleFormat, MalformedData, TruncatedData
+from workbench.abi.errors import AddressNotInMemory, CountMismatch, IncompatibleFormat, MalformedData, TruncatedData
 from workbench.abi.physmem import PAGE_SIZE, PhysicalMemory
 
 __all__ = [
@@ -147,8 +147,9 @@ class LuoState:
 def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> LuoState:
     """Decodes ``struct luo_ser`` at ``phys`` (``blob_size`` from the FDT sub-node, if known) and its lists.
 
-    Checks: blob size, ``compatible``, every block list (see :func:`read_block_list`), each session's file count
-    against its blocks, unique session names, the FLB entry count against its page count.
+    Checks: blob size, ``compatible``, every block list (see :func:`read_block_list`) and that no two lists share a
+    block, each session's file count against its blocks, unique session names, the FLB pages inside memory and the
+    FLB entry count against their number.
     """
     if blob_size is not None and blob_size < LUO_SER_SIZE:
         raise TruncatedData(f"LUO blob at {phys:#x} is {blob_size} bytes, less than luo_ser ({LUO_SER_SIZE})", phys)
@@ -157,19 +158,22 @@ def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> 
     if compatible != LUO_ABI_COMPATIBLE:
         raise IncompatibleFormat(f"luo_ser at {phys:#x}: compatible {compatible!r} is not {LUO_ABI_COMPATIBLE!r}", phys)
 
-    session_list = read_block_list(mem, sessions_pa, SESSION_SER_SIZE, "LUO session list")
+    blocks: dict[int, str] = {}
+    session_list = read_block_list(mem, sessions_pa, SESSION_SER_SIZE, "LUO session list", blocks)
     sessions: list[LuoSession] = []
+    names: set[str] = set()
     for raw in session_list.entries:
         name_raw, files_pa, count = _SESSION_SER.unpack(raw)
         name = _c_string(name_raw)
-        if any(s.name == name for s in sessions):
+        if name in names:
             raise MalformedData(f"LUO session list at {sessions_pa:#x}: session {name!r} appears twice", sessions_pa)
+        names.add(name)
         session = LuoSession(name, [], files_pa, count)
         if files_pa == 0:
             if count:
                 raise CountMismatch(f"LUO session {name!r}: no file blocks but a file count of {count}", sessions_pa)
         else:
-            files = read_block_list(mem, files_pa, FILE_SER_SIZE, f"files of LUO session {name!r}")
+            files = read_block_list(mem, files_pa, FILE_SER_SIZE, f"files of LUO session {name!r}", blocks)
             session.files = [LuoFile.unpack(e) for e in files.entries]
             session.block_pages = files.pages
             if len(session.files) != count:
@@ -186,6 +190,11 @@ def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> 
         pgcnt, count = _FLB_HEADER_SER.unpack(mem.read(flbs_pa, _FLB_HEADER_SER.size))
         if pgcnt == 0:
             raise MalformedData(f"LUO FLB header at {flbs_pa:#x} says it occupies 0 pages", flbs_pa)
+        if not mem.contains(flbs_pa, pgcnt * PAGE_SIZE):
+            raise AddressNotInMemory(
+                f"LUO FLB header at {flbs_pa:#x} says it occupies {pgcnt} pages, which run past the end of memory",
+                flbs_pa,
+            )
         capacity = (pgcnt * PAGE_SIZE - _FLB_HEADER_SER.size) // FLB_SER_SIZE
         if count > capacity:
             raise CountMismatch(

@@ -133,13 +133,22 @@ class Memfd:
         return pd.DataFrame({"page": (starts + within).astype(np.uint64), "pfn": (base + within).astype(np.uint64)})
 
 
-def decode_memfd(mem: PhysicalMemory, phys: int, what: str | None = None, check_folios_in_memory: bool = True) -> Memfd:
+def decode_memfd(
+    mem: PhysicalMemory,
+    phys: int,
+    what: str | None = None,
+    check_folios_in_memory: bool = True,
+    claimed: dict[int, str] | None = None,
+) -> Memfd:
     """Decodes the ``memfd_luo_ser`` at ``phys`` and its folio array.
 
     Checks: seals and flags, ``nr_folios`` against the size and the vmalloc area, the chunk list (see
     :func:`~workbench.abi.vmalloc.read_kho_vmalloc`), folio flags, folio indexes inside the file and increasing
     (``memfd_pin_folios`` returns folios in file order) and, unless
     ``check_folios_in_memory`` is false, that every folio's first page is in ``mem``.
+
+    :param claimed: the pages (chunks and blocks) of the other memfds' folio arrays in the same handover (page ->
+        owner), which this memfd's must not share (see :func:`~workbench.abi.vmalloc.read_kho_vmalloc`)
     """
     what = what or f"memfd_luo_ser at {phys:#x}"
     ser = MemfdSer.unpack(mem.read(phys, MEMFD_SER_SIZE))
@@ -158,7 +167,7 @@ def decode_memfd(mem: PhysicalMemory, phys: int, what: str | None = None, check_
         return Memfd(phys, ser, None, unpack_folio_array(b""))
     if ser.folios.first == 0:
         raise MalformedData(f"{what}: {ser.nr_folios} folios but no folio array (folios.first is 0)", phys)
-    area = read_kho_vmalloc(mem, ser.folios, f"folio array of {what}")
+    area = read_kho_vmalloc(mem, ser.folios, f"folio array of {what}", claimed)
     needed = ser.nr_folios * FOLIO_SER_SIZE
     if area.descriptor.total_pages * PAGE_SIZE < needed:
         raise CountMismatch(

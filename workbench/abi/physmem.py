@@ -304,7 +304,7 @@ class ElfVmcore(_MappedFile):
 
     :raises IncompatibleFormat: not an ELF file
     :raises TruncatedData: a header, or a segment, lies past the end of the file
-    :raises MalformedData: a program header table no ELF file has
+    :raises MalformedData: a program header table no ELF file has, or segments whose physical ranges overlap
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -321,7 +321,14 @@ class ElfVmcore(_MappedFile):
             raise TruncatedData(str(exc), 0) from None
         except ElfError as exc:
             raise MalformedData(str(exc), 0) from None
-        return [MemoryRange(p.paddr, p.filesz, p.offset) for p in segments if p.type == PT_LOAD and p.filesz]
+        ranges = sorted(
+            (MemoryRange(p.paddr, p.filesz, p.offset) for p in segments if p.type == PT_LOAD and p.filesz),
+            key=lambda r: r.phys_start,
+        )
+        for a, b in zip(ranges, ranges[1:], strict=False):
+            if b.phys_start < a.phys_end:
+                raise MalformedData(f"{path}: PT_LOAD segments {a} and {b} overlap in physical memory", b.phys_start)
+        return ranges
 
 
 class DrgnMemory(PhysicalMemory):

@@ -81,6 +81,8 @@ class VmallocArea:
                 f"vmalloc area at chunk {self.descriptor.first:#x} holds {total} bytes, {nbytes} were asked for",
                 self.descriptor.first,
             )
+        if nbytes == 0:
+            return b""
         out = np.empty(nbytes, dtype=np.uint8)
         block = PAGE_SIZE << self.descriptor.order
         needed = -(-nbytes // block)
@@ -94,9 +96,18 @@ class VmallocArea:
         return out.tobytes()
 
 
-def read_kho_vmalloc(mem: PhysicalMemory, desc: KhoVmalloc, what: str = "kho_vmalloc") -> VmallocArea:
+def read_kho_vmalloc(
+    mem: PhysicalMemory, desc: KhoVmalloc, what: str = "kho_vmalloc", claimed: dict[int, str] | None = None
+) -> VmallocArea:
     """Follows the chunk list of ``desc`` with the checks of ``kho_restore_vmalloc`` and more: known flags, no
-    loop, every chunk and block a page-aligned range inside memory, exactly ``total_pages`` pages listed."""
+    loop, every chunk and block a page-aligned range inside memory, no block listed twice, exactly ``total_pages``
+    pages listed.
+
+    :param what: names the area in error messages
+    :param claimed: the pages of other areas of the same handover (page -> the area it belongs to); a chunk or block
+        page found there is :class:`LoopDetected` (areas never share pages, and shared ones would be read once per
+        area); this area's pages are added to it
+    """
     if desc.flags & ~_KNOWN_FLAGS:
         raise MalformedData(f"{what}: unknown vmalloc flags {desc.flags:#x}", desc.first or None)
     if desc.order > _MAX_VMALLOC_ORDER:
@@ -110,6 +121,7 @@ def read_kho_vmalloc(mem: PhysicalMemory, desc: KhoVmalloc, what: str = "kho_vma
     chunks: list[int] = []
     seen: set[int] = set()
     blocks: list[int] = []
+    listed: set[int] = set()
     phys, came_from = desc.first, f"{what}.first"
     while phys:
         if phys in seen:
@@ -123,6 +135,7 @@ def read_kho_vmalloc(mem: PhysicalMemory, desc: KhoVmalloc, what: str = "kho_vma
                 f"{what}: chunk {phys:#x} is chunk #{len(chunks) + 1}, more than {desc.total_pages} pages need",
                 phys,
             )
+        _claim(claimed, phys, 1, f"chunk {phys:#x}", what)
         chunks.append(phys)
         seen.add(phys)
         words = np.frombuffer(mem.read(phys, PAGE_SIZE), dtype="<u8")
@@ -130,6 +143,13 @@ def read_kho_vmalloc(mem: PhysicalMemory, desc: KhoVmalloc, what: str = "kho_vma
         zeros = np.flatnonzero(entries == 0)
         entries = entries[: zeros[0]] if zeros.size else entries
         _check_blocks(mem, entries, desc, len(blocks), phys, what)
+        for i, block in enumerate(entries.tolist()):
+            if block in listed:
+                raise MalformedData(
+                    f"{what}: page {block:#x} (entry {i} of chunk {phys:#x}) is listed twice in the area", phys
+                )
+            listed.add(block)
+            _claim(claimed, block, contig, f"page {block:#x} (entry {i} of chunk {phys:#x})", what)
         blocks.extend(entries.tolist())
         came_from, phys = f"chunk {phys:#x}", int(words[0])
     if len(blocks) * contig != desc.total_pages:
@@ -138,6 +158,15 @@ def read_kho_vmalloc(mem: PhysicalMemory, desc: KhoVmalloc, what: str = "kho_vma
             desc.first,
         )
     return VmallocArea(desc, chunks, np.array(blocks, dtype=np.uint64))
+
+
+def _claim(claimed: dict[int, str] | None, phys: int, pages: int, where: str, what: str) -> None:
+    if claimed is None:
+        return
+    for page in range(phys, phys + pages * PAGE_SIZE, PAGE_SIZE):
+        if page in claimed:
+            raise LoopDetected(f"{what}: {where} is also a page of {claimed[page]}: two areas share pages", page)
+        claimed[page] = what
 
 
 def _in_memory(mem: PhysicalMemory, starts: np.ndarray, size: int) -> np.ndarray:

@@ -58,8 +58,13 @@ def direct_map_offset(prog: drgn.Program) -> int:
 
 
 def read_phys(prog: drgn.Program, phys: int, size: int) -> bytes:
-    """``size`` bytes at physical address ``phys``, read through the direct map (works on every target)."""
-    return prog.read(direct_map_offset(prog) + phys, size)
+    """``size`` bytes at physical address ``phys``, read through the direct map (works on every target); a
+    ``drgn.FaultError`` where there is no memory, also for an address (from damaged memory) past the address
+    space."""
+    address = direct_map_offset(prog) + phys
+    if not 0 <= address < 1 << 64:
+        raise drgn.FaultError(f"physical address {phys:#x} is outside the direct map", address % (1 << 64))
+    return prog.read(address, size)
 
 
 def virt_to_phys_direct(prog: drgn.Program, addr: int) -> int:

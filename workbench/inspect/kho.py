@@ -169,47 +169,45 @@ def read_kho_fdt(prog: drgn.Program, phys: int) -> KhoFdt:
 
     :param prog: kernel program
     :param phys: ``phys_addr_t`` of the FDT header
+    :raises UnsupportedLayout: no FDT there, or a damaged one
     """
+    # imported here: workbench.abi loads its numba kernels on import, which not every inspection needs
+    from workbench.abi.errors import AbiError
+    from workbench.abi.fdt import fdt_node_name, fdt_node_properties
+
     header = read_phys(prog, phys, 40)
     magic, totalsize = struct.unpack_from(">II", header)
     if magic != _FDT_MAGIC or not 40 <= totalsize <= _MAX_FDT:
         raise UnsupportedLayout(f"no FDT at physical {phys:#x} (magic {magic:#x}, size {totalsize})")
     blob = read_phys(prog, phys, totalsize)
-    fdt = libfdt.Fdt(blob)
-    props = _properties(fdt, 0)
-    subtrees = []
-    node = fdt.first_subnode(0, quiet=(libfdt.NOTFOUND,))
-    while node >= 0:
-        sub = _properties(fdt, node)
-        data, size = sub.get("preserved-data", b""), sub.get("blob-size", b"")
-        subtrees.append(
-            KhoSubtree(
-                fdt.get_name(node),
-                struct.unpack("<Q", data)[0] if len(data) == 8 else 0,
-                struct.unpack("<Q", size)[0] if len(size) == 8 else 0,
+    try:
+        fdt = libfdt.Fdt(blob)
+        props = fdt_node_properties(fdt, 0, phys)
+        subtrees = []
+        node = fdt.first_subnode(0, quiet=(libfdt.NOTFOUND,))
+        while node >= 0:
+            sub = fdt_node_properties(fdt, node, phys)
+            data, size = sub.get("preserved-data", b""), sub.get("blob-size", b"")
+            subtrees.append(
+                KhoSubtree(
+                    fdt_node_name(fdt, node, phys),
+                    struct.unpack("<Q", data)[0] if len(data) == 8 else 0,
+                    struct.unpack("<Q", size)[0] if len(size) == 8 else 0,
+                )
             )
-        )
-        node = fdt.next_subnode(node, quiet=(libfdt.NOTFOUND,))
+            node = fdt.next_subnode(node, quiet=(libfdt.NOTFOUND,))
+    except (libfdt.FdtException, AbiError) as exc:
+        raise UnsupportedLayout(f"the FDT at physical {phys:#x} is damaged: {exc}") from exc
     mm = props.get("preserved-memory-map")
     return KhoFdt(
         phys=phys,
         totalsize=totalsize,
-        compatible=[s.decode() for s in props.get("compatible", b"").rstrip(b"\0").split(b"\0") if s],
+        compatible=[s.decode("utf-8", "replace") for s in props.get("compatible", b"").rstrip(b"\0").split(b"\0") if s],
         memory_map_phys=struct.unpack("<Q", mm)[0] if mm is not None and len(mm) == 8 else None,
         subtrees=subtrees,
         properties=props,
         blob=bytes(blob),
     )
-
-
-def _properties(fdt: libfdt.Fdt, node: int) -> dict[str, bytes]:
-    out = {}
-    prop = fdt.first_property_offset(node, quiet=(libfdt.NOTFOUND,))
-    while prop >= 0:
-        p = fdt.get_property_by_offset(prop)
-        out[p.name] = bytes(p)
-        prop = fdt.next_property_offset(prop, quiet=(libfdt.NOTFOUND,))
-    return out
 
 
 def kho_out_fdt(prog: drgn.Program) -> KhoFdt | None:
@@ -293,12 +291,16 @@ def for_each_radix_node(root: drgn.Object) -> Iterator[tuple[int, int, int]]:
             stack.append((level - 1, int(entries[index]), key | (int(index) << shift)))
 
 
-def _decode_leaf(bitmap: bytes, key: int, order0: int) -> tuple[np.ndarray, int]:
+def _decode_leaf(bitmap: bytes, key: int, order0: int, bitmap_bits: int) -> tuple[np.ndarray, int]:
     bits = np.flatnonzero(np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little"))
     if not key:
         raise UnsupportedLayout("a KHO radix leaf with key 0 has no order bit: corrupt tree")
     msb = key.bit_length() - 1
     order = order0 - msb
+    if not 0 <= order <= order0 - bitmap_bits:
+        if bits.size:
+            raise UnsupportedLayout(f"a KHO radix leaf with key {key:#x} has no valid order bit: corrupt tree")
+        return np.empty(0, np.uint64), 0
     keys = np.uint64(key) | bits.astype(np.uint64)
     pfns = (keys ^ np.uint64(1 << msb)) << np.uint64(order)
     return pfns, order
@@ -311,12 +313,12 @@ def preserved_folios(prog: drgn.Program, root: drgn.Object | None = None) -> pd.
     :param root: ``struct kho_radix_node *`` (default: the outgoing tree, :func:`kho_radix_root`)
     """
     root = kho_radix_root(prog) if root is None else root
-    order0 = _geometry(prog)[0]
+    order0, _table_bits, bitmap_bits, _depth = _geometry(prog)
     pfns, orders = [], []
     for level, phys, key in for_each_radix_node(root):
         if level:
             continue
-        p, order = _decode_leaf(read_phys(prog, phys, PAGE_SIZE), key, order0)
+        p, order = _decode_leaf(read_phys(prog, phys, PAGE_SIZE), key, order0, bitmap_bits)
         pfns.append(p)
         orders.append(np.full(p.size, order, dtype=np.uint8))
     df = pd.DataFrame(

@@ -52,21 +52,21 @@ def _kdump_expected_size(mm: mmap.mmap, path: Path) -> int:
     descs_off = bitmap_off + bitmap_len
     if descs_off > size:
         raise TruncatedDump(f"{path}: the kdump bitmaps end at {descs_off:#x}", path, descs_off, size)
-    second = np.frombuffer(mm, dtype=np.uint8, count=bitmap_len // 2, offset=bitmap_off + bitmap_len // 2)
+    # copies, not views: a view still alive when an error is raised would keep the mapping from being closed
+    second = np.frombuffer(mm[bitmap_off + bitmap_len // 2 : bitmap_off + bitmap_len // 2 * 2], dtype=np.uint8)
     dumped = int(np.unpackbits(second).sum())
     descs_end = descs_off + 24 * dumped
     if descs_end > size:
         raise TruncatedDump(f"{path}: {dumped} page descriptors need bytes up to {descs_end:#x}", path, descs_end, size)
     descs = np.frombuffer(
-        mm,
+        mm[descs_off:descs_end],
         dtype=np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("pf", "<u8")]),
-        count=dumped,
-        offset=descs_off,
     )
     end = descs_end
     if dumped:
-        end = max(end, int((descs["offset"] + descs["size"].astype(np.int64)).max()))
-    del second, descs
+        if int(descs["offset"].min()) < 0:
+            raise UnreadableDump(f"{path}: a page descriptor has a negative file offset")
+        end = max(end, int((descs["offset"].astype(np.uint64) + descs["size"]).max()))  # no int64 wrap-around
     return end
 
 
@@ -157,7 +157,7 @@ def _kdump_vmcoreinfo(f: BinaryIO) -> dict[str, str]:
     if len(sub) < 48:
         return {}
     offset, size = struct.unpack_from("<QQ", sub, 32)
-    if not offset or not size or size > 1 << 20:
+    if not offset or not size or size > 1 << 20 or offset + size > f.seek(0, os.SEEK_END):
         return {}
     f.seek(offset)
     return parse_vmcoreinfo(f.read(size))

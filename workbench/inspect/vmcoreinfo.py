@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -58,24 +59,54 @@ def vmcoreinfo(prog: drgn.Program) -> dict[str, str]:
 
 
 def vmcoreinfo_candidates(mm: mmap.mmap | bytes, limit: int = 64) -> list[str]:
-    """Every distinct VMCOREINFO text in raw memory, in address order: NUL-terminated ASCII from ``OSRELEASE=``
-    with the ``PAGESIZE``, ``KERNELOFFSET`` and ``SYMBOL(init_uts_ns)`` keys.
+    """Every distinct VMCOREINFO text in raw memory, in address order: ASCII from ``OSRELEASE=`` to a NUL at most
+    4 KiB further, with the ``PAGESIZE=``, ``KERNELOFFSET=`` and ``SYMBOL(init_uts_ns)=`` lines the kernel writes
+    (an ``OSRELEASE=`` inside a candidate starts no other one).
+
+    The work is linear in the size of ``mm`` whatever it holds (guest RAM is the guest's to fill): the next NUL,
+    non-ASCII byte and key line are each searched for once for all candidates, and a text is copied out only when
+    it is a candidate, after which the search goes on past it.
 
     :param mm: guest RAM (a RAM file or a dump, mapped)
     :param limit: stop after this many candidates
     """
     seen: dict[str, None] = {}
+    nul = _NextMatch(mm, re.compile(rb"\x00"))
+    not_ascii = _NextMatch(mm, re.compile(rb"[\x80-\xff]"))
+    keys = [_NextMatch(mm, re.compile(re.escape(b"\n" + key.encode() + b"="))) for key in _REQUIRED_KEYS]
     pos = mm.find(b"OSRELEASE=")
     while pos >= 0 and len(seen) < limit:
-        end = mm.find(b"\0", pos, pos + 4096)
-        raw = mm[pos : end if end >= 0 else pos + 4096]
-        with contextlib.suppress(UnicodeDecodeError):
-            text = raw.decode("ascii")
-            keys = parse_vmcoreinfo(text)
-            if "PAGESIZE" in keys and "KERNELOFFSET" in keys and "SYMBOL(init_uts_ns)" in keys:
-                seen.setdefault(text)
-        pos = mm.find(b"OSRELEASE=", pos + 10)
+        end = nul.at_or_after(pos)
+        if (
+            0 <= end < pos + 4096
+            and not pos <= not_ascii.at_or_after(pos) < end
+            and all(pos <= key.at_or_after(pos) < end for key in keys)
+        ):
+            seen.setdefault(mm[pos:end].decode("ascii"))
+            pos = mm.find(b"OSRELEASE=", end)
+        else:
+            pos = mm.find(b"OSRELEASE=", pos + 10)
     return list(seen)
+
+
+_REQUIRED_KEYS = ("PAGESIZE", "KERNELOFFSET", "SYMBOL(init_uts_ns)")
+
+
+class _NextMatch:
+    """Where ``pattern`` next matches in ``mm`` at or after a position, for positions that only grow: each search
+    resumes where the last match was, so all of them together read ``mm`` once."""
+
+    def __init__(self, mm: mmap.mmap | bytes, pattern: re.Pattern[bytes]):
+        self._mm = mm
+        self._pattern = pattern
+        self._at = -2  # the last match found (-1: none is left, -2: not searched yet)
+
+    def at_or_after(self, pos: int) -> int:
+        if self._at == -1 or self._at >= pos:
+            return self._at
+        match = self._pattern.search(self._mm, pos)
+        self._at = match.start() if match else -1
+        return self._at
 
 
 def running_vmcoreinfo(

@@ -1,0 +1,1 @@
+"""Hostile input for the dump readers and drgn helpers of workbench/inspect/."""
