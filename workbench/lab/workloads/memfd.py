@@ -124,7 +124,6 @@ class MemfdAgent(Agent):
         req = self.request
         self.state["kernel_release_before"] = os.uname().release
         self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
-        faults = req.get("faults", {})
         self.setup()
         with self.phase("prepare"):
             luo = LiveUpdate()  # fails clearly, before anything else, on a kernel without LUO
@@ -145,6 +144,12 @@ class MemfdAgent(Agent):
         self.state["session"] = session.kernel_name()
         frames = np.stack([page_frames(m) for m in maps]) if maps else np.zeros((0, 0), dtype=np.uint64)
         np.save(self.results / FRAMES_BEFORE, frames)
+        self.hand_over(luo, session, memfds, maps)
+
+    def hand_over(self, luo: LiveUpdate, session, memfds: list[int], maps: list[mmap.mmap]) -> None:
+        """After ``preserve``: snapshot the outgoing KHO FDT, the ``modify_after_preserve`` fault, the pause, the
+        load of the next kernel and the kexec (or standing down, closing ``session``, when there is to be none)."""
+        faults = self.request.get("faults", {})
         self.kho_snapshot("out")
         if "modify_after_preserve" in faults:
             self.try_modify(memfds, maps, faults["modify_after_preserve"])

@@ -295,7 +295,6 @@ class SessionsAgent(MemfdAgent):
         names = session_names(req["session"], req["small_files"])
         self.state["kernel_release_before"] = os.uname().release
         self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
-        faults = req.get("faults", {})
         self.setup()
         with self.phase("prepare"):
             luo = LiveUpdate()  # fails clearly, before anything else, on a kernel without LUO
@@ -315,17 +314,7 @@ class SessionsAgent(MemfdAgent):
         self.state["session"] = sessions[req["session"]].kernel_name()
         self.state["sessions"] = [s.kernel_name() for s in sessions.values()]
         np.save(self.results / FRAMES_BEFORE, _concatenated([page_frames(m) for m in maps]))
-        self.kho_snapshot("out")
-        if "modify_after_preserve" in faults:
-            self.try_modify(memfds, maps, faults["modify_after_preserve"])
-        self.save()
-        self.pause("preserve")
-        self.load_next_kernel()
-        reason = self.go_ahead()
-        if reason is not None:
-            self.stand_down(reason, luo, _Sessions(list(sessions.values())), maps, memfds)
-            return
-        self.kexec()
+        self.hand_over(luo, _Sessions(list(sessions.values())), memfds, maps)
 
     # -- after the kexec -------------------------------------------------------------------------------------
     def restore(self) -> None:
