@@ -179,12 +179,16 @@ class Agent:
         self.state: dict = {"phases": {}, "events": []}
 
     def run(self, phase: str) -> int:
-        """Runs ``phase`` (the entry point has marked ``agent-start``); a failure is recorded (state file and an
-        ``error`` mark) and gives exit status 1."""
+        """Runs ``phase`` (the entry point has marked ``agent-start``) after noting the kernel it runs in
+        (``kernel_release_before`` and ``cmdline_before``, or ``kernel_release_after``); a failure is recorded
+        (state file and an ``error`` mark) and gives exit status 1."""
         try:
             if phase == "prepare":
+                self.state["kernel_release_before"] = os.uname().release
+                self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
                 self.prepare_and_kexec()
             else:
+                self.state["kernel_release_after"] = os.uname().release
                 self.restore()
         except BaseException as exc:
             self.on_failure()

@@ -8,9 +8,7 @@ the part of any cycle's blackout that preserving memory does not cause (see ``wo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from workbench.lab.agent_core import Agent, mark
 from workbench.lab.errors import InvalidCycle
@@ -45,8 +43,6 @@ class BaselineAgent(Agent):
     """The target side: load the next kernel, kexec; in the next kernel, say so."""
 
     def prepare_and_kexec(self) -> None:
-        self.state["kernel_release_before"] = os.uname().release
-        self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
         self.kho_snapshot("out")
         self.save()
         self.load_next_kernel()
@@ -54,7 +50,6 @@ class BaselineAgent(Agent):
 
     def restore(self) -> None:
         with self.phase("restore"):
-            self.state["kernel_release_after"] = os.uname().release
             self.kho_snapshot("in")
         self.state.update(verified=True, finished=True, pages_checked=0)
         self.save()

@@ -13,7 +13,6 @@ import mmap
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,8 +121,6 @@ class MemfdAgent(Agent):
 
     def prepare_and_kexec(self) -> None:
         req = self.request
-        self.state["kernel_release_before"] = os.uname().release
-        self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
         self.setup()
         with self.phase("prepare"):
             luo = LiveUpdate()  # fails clearly, before anything else, on a kernel without LUO
@@ -202,7 +199,6 @@ class MemfdAgent(Agent):
     # -- after the kexec -------------------------------------------------------------------------------------
     def restore(self) -> None:
         req = self.request
-        self.state["kernel_release_after"] = os.uname().release
         self.kho_snapshot("in")
         faults = req.get("faults", {})
         retrieve_s, fds = [], []

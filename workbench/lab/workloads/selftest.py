@@ -220,8 +220,6 @@ class SelftestAgent(Agent):
     # -- before the kexec ------------------------------------------------------------------------------------
     def prepare_and_kexec(self) -> None:
         req = self.request
-        self.state["kernel_release_before"] = os.uname().release
-        self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
         self.state["selftest"] = req["selftest"]
         self.state["stage1_build"] = req.get("stage1_build")
         with self.phase("stage1"):
@@ -234,7 +232,6 @@ class SelftestAgent(Agent):
     # -- after the kexec -------------------------------------------------------------------------------------
     def restore(self) -> None:
         req = self.request
-        self.state["kernel_release_after"] = os.uname().release
         self.state["selftest"] = req["selftest"]
         self.state["stage2_build"] = req.get("stage2_build")
         self.kho_snapshot("in")

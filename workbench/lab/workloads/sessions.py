@@ -24,7 +24,6 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -293,8 +292,6 @@ class SessionsAgent(MemfdAgent):
     def prepare_and_kexec(self) -> None:
         req = self.request
         names = session_names(req["session"], req["small_files"])
-        self.state["kernel_release_before"] = os.uname().release
-        self.state["cmdline_before"] = Path("/proc/cmdline").read_text().strip()
         self.setup()
         with self.phase("prepare"):
             luo = LiveUpdate()  # fails clearly, before anything else, on a kernel without LUO
@@ -320,7 +317,6 @@ class SessionsAgent(MemfdAgent):
     def restore(self) -> None:
         req = self.request
         files = self.files()
-        self.state["kernel_release_after"] = os.uname().release
         self.kho_snapshot("in")
         faults = req.get("faults", {})
         retrieve_s, fds = [], []

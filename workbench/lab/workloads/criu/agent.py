@@ -95,8 +95,6 @@ class CriuAgent(Agent):
         req = self.request
         faults = req.get("faults", {})
         self.state.update(
-            kernel_release_before=os.uname().release,
-            cmdline_before=Path("/proc/cmdline").read_text().strip(),
             images_mode=req.get("images", "direct"),
             region_kind=req.get("region_kind", "tmpfile") if req.get("memfd_region") else None,
             anon_size=req["anon_size"],
@@ -224,7 +222,6 @@ class CriuAgent(Agent):
     def restore(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # the restored workload becomes our child
-        self.state["kernel_release_after"] = os.uname().release
         tokmap = json.loads((self.results / "criu-tokens.json").read_text())
         prepare = json.loads((self.results / "prepare.json").read_text())
         mode = tokmap["images_mode"]
