@@ -77,13 +77,12 @@ def kernel_abi_source(kernel: LabKernel) -> KernelAbiSource:
         raise FileNotFoundError(
             f"the kernel {kernel.name} has no vmlinux at {kernel.vmlinux}: abi diff reads its DWARF"
         )
-    candidates = [kernel.path / "source", kernel.path]
-    source = next((c for c in candidates if (c / ABI_HEADER_DIR).is_dir()), None)
+    source = kernel.source_with(ABI_HEADER_DIR)
     if source is None:
         raise FileNotFoundError(
             f"the kernel {kernel.name} has no source tree with {ABI_HEADER_DIR} (looked in "
-            f"{', '.join(map(str, candidates))}): abi diff reads each kernel's own headers; put its source tree in "
-            f"{kernel.path / 'source'}"
+            f"{', '.join(map(str, kernel.source_candidates))}): abi diff reads each kernel's own headers; put its "
+            f"source tree in {kernel.path / 'source'}"
         )
     page_shift = 12
     if kernel.config_file.is_file():

@@ -102,12 +102,12 @@ def point_workload(point: SweepPoint) -> Workload:
     return make_workload("memfd", memfds=count, memfd_size=size)
 
 
-def _row(point: SweepPoint, result: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
+def _row(point: SweepPoint, preserved: int, result: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
     row = {
         "kernel": point.kernel,
         "memory_mb": point.memory_mb,
         "share": point.share,
-        "preserved_bytes": point.preserved_bytes,
+        "preserved_bytes": preserved,
         "repeat": point.repeat,
         "verified": bool(result.get("verified")),
         "blackout_s": result.get("blackout_s"),
@@ -141,8 +141,8 @@ def run_blackout_sweep(
         result = run_cycle(workload, CycleParams(), target=target, store=store)
         if not result.get("verified"):
             raise InvalidCycle(f"the cycle {result.get('record_id')} of {point} did not verify: a sweep needs all")
-        row = _row(point, result, store.get(result["record_id"]).environment)
-        row["preserved_bytes"] = workload.data_bytes()  # the share rounded to whole pages per memfd
+        # the bytes the workload preserved: the share rounded to whole pages per memfd
+        row = _row(point, workload.data_bytes(), result, store.get(result["record_id"]).environment)
         rows.append(row)
         if run is not None:
             run.add_table("points", pd.DataFrame(rows))

@@ -29,6 +29,7 @@ __all__ = [
 
 KHO_OUT = Path("/sys/kernel/debug/kho/out")
 FDT_MAGIC = 0xD00DFEED
+_FDT_MAGIC_BYTES = FDT_MAGIC.to_bytes(4, "big")
 FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP = 1, 2, 3, 4
 #: the longest leading string taken for a structure's compatible (LUO's is 16 bytes; handlers' up to 48)
 MAX_COMPATIBLE = 64
@@ -95,7 +96,7 @@ class HandoverFormat:
 def blob_compatible(blob: bytes) -> tuple[str | None, str]:
     """The compatible string of a handover blob and its kind: an FDT's root ``compatible``, or the NUL-terminated
     format name a structure begins with (None when it begins with nothing that looks like one)."""
-    if blob[:4] == FDT_MAGIC.to_bytes(4, "big"):
+    if blob[:4] == _FDT_MAGIC_BYTES:
         name = fdt_root_compatible(blob)
         return (name if name and _COMPATIBLE.fullmatch(name) else None), "fdt"
     head = blob[:MAX_COMPATIBLE].split(b"\0", 1)
@@ -106,7 +107,7 @@ def blob_compatible(blob: bytes) -> tuple[str | None, str]:
 
 
 def _cut_short(blob: bytes) -> str | None:
-    if blob[:4] != FDT_MAGIC.to_bytes(4, "big") or len(blob) < 8:
+    if blob[:4] != _FDT_MAGIC_BYTES or len(blob) < 8:
         return None
     total = struct.unpack_from(">I", blob, 4)[0]
     return f"debugfs shows {len(blob)} of the FDT's {total} bytes" if total > len(blob) else None

@@ -129,6 +129,18 @@ class LabKernel:
     def config(self) -> dict[str, str]:
         return parse_config(self.config_file.read_text())
 
+    @property
+    def source_candidates(self) -> list[Path]:
+        """Where the kernel's source tree may be: ``source/`` in a cached kernel's folder, or the folder itself (a
+        prebuilt kernel's build tree)."""
+        return [self.path / "source", self.path]
+
+    def source_with(self, relative: str | Path, *, folder: bool = True) -> Path | None:
+        """The first of :attr:`source_candidates` that has the folder ``relative`` (a file when ``folder`` is
+        false), or None."""
+        has = Path.is_dir if folder else Path.is_file
+        return next((tree for tree in self.source_candidates if has(tree / relative)), None)
+
     def disk_usage(self) -> int:
         """Bytes that deleting the kernel's folder would free (from the manifest when the build recorded it)."""
         return self.size_bytes if self.size_bytes is not None else size_on_disk(self.path)

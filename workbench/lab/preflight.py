@@ -100,8 +100,7 @@ def accepted_strings(kernel: LabKernel) -> list[str] | None:
 
     :param kernel: the kernel that will boot next
     """
-    for source in (kernel.path / "source", kernel.path):
-        if (source / ABI_HEADER_DIR).is_dir():
-            headers = read_abi_headers(source)
-            return sorted({c.value for c in headers.constants if isinstance(c.value, str)})
-    return None
+    source = kernel.source_with(ABI_HEADER_DIR)
+    if source is None:
+        return None
+    return sorted({c.value for c in read_abi_headers(source).constants if isinstance(c.value, str)})

@@ -107,11 +107,16 @@ class QemuTarget(Target):
         require_live_update(self.kernel.config_file.read_text(), f"the lab kernel {self.kernel.bzimage}")
         self.next = self.next_kernel(params)
 
+    @property
+    def following(self) -> LabKernel | Path | str | None:
+        """The kernel the cycle kexecs into: :attr:`next`, or the one that boots when the cycle names none."""
+        return self.next if self.next is not None else self.kernel
+
     def preflight(self, params: CycleParams) -> Preflight:
         """The preflight of the kexec from the booted lab kernel into the next one (itself when none is named);
         unavailable for a next kernel given as a bare bzImage, or a kernel whose source tree or vmlinux is not at
         hand."""
-        nxt = self.next if self.next is not None else self.kernel
+        nxt = self.following
         if not isinstance(nxt, LabKernel) or not isinstance(self.kernel, LabKernel):
             raise PreflightUnavailable("the next kernel is a bare bzImage: its handover formats cannot be read")
         try:
@@ -194,7 +199,7 @@ class QemuRunner(MarkRunner):
     def live_preflight_accepts(self) -> list[str] | None:
         """What the next kernel accepts, for the agent's live check before the kexec (None: no check, when the
         cycle has no preflight, is forced, or kexecs into a bare bzImage)."""
-        nxt = self.target.next if self.target.next is not None else self.kernel
+        nxt = self.target.following
         if not self.p.preflight or self.p.force or not isinstance(nxt, LabKernel):
             return None
         return accepted_strings(nxt)

@@ -162,13 +162,13 @@ def selftest_source(kernel: LabKernel) -> Path:
 
     :param kernel: a kernel from :func:`workbench.lab.kernel.resolve_kernel`
     :raises SelftestBuildError: neither has ``tools/testing/selftests/liveupdate``"""
-    candidates = [kernel.path / "source", kernel.path]
-    found = next((c for c in candidates if (c / SELFTEST_DIR / "Makefile").is_file()), None)
+    found = kernel.source_with(SELFTEST_DIR / "Makefile", folder=False)
     if found is None:
         raise SelftestBuildError(
             f"the kernel {kernel.name} has no source tree with {SELFTEST_DIR}/Makefile (looked in "
-            f"{', '.join(map(str, candidates))}): the liveupdate selftests are built from each kernel's own sources; "
-            f"use a lab kernel built by the workbench (Linux 7.2 or later), or put its tree in {kernel.path / 'source'}"
+            f"{', '.join(map(str, kernel.source_candidates))}): the liveupdate selftests are built from each kernel's "
+            "own sources; use a lab kernel built by the workbench (Linux 7.2 or later), or put its tree in "
+            f"{kernel.path / 'source'}"
         )
     return found
 

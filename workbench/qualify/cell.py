@@ -106,7 +106,7 @@ def _cycle_facts(
     if live.get("verdict") == "refuse" and not outcome.diagnosis:
         outcome.diagnosis = "; ".join(live.get("reasons", []))
     booted = _release(target.kernel)
-    following = _release(target.next) if target.next is not None else booted
+    following = _release(target.following)
     return {
         **outcome.as_dict(),
         "blackout_s": facts.get("blackout_s"),
