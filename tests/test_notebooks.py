@@ -26,6 +26,7 @@ LAB_NOTEBOOKS = {
     "10-live-update-cycle",
     "20-conversion-strategies",
     "40-inspect-kho-luo",
+    "55-blackout-anatomy",
     "60-criu-process",
     "70-qualification",
 }

@@ -85,6 +85,13 @@ def test_model_finding_from_a_fit():
     assert 0 <= numbers["holdout_median_error"].value <= numbers["holdout_max_error"].value
     assert "1 TiB" in finding.text and "Not counted" not in finding.text  # every blackout phase was fitted
     assert "memory that is a memfd from birth: " in finding.text
+    assert "The largest phase at 4 TiB: " in finding.text
+    assert numbers["dominant_share_4KiB"].value == pytest.approx(
+        table.loc[table["mem"] == "4 TiB"]
+        .sort_values("blackout_lower_bound_s")
+        .query("folio_bytes == 4096")["dominant_share"]
+        .iloc[0]
+    )
 
 
 def test_model_finding_says_what_it_could_not_fit():

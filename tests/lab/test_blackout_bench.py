@@ -11,7 +11,7 @@ from workbench.lab.blackout_bench import (
     SweepPoint,
     plan_points,
     point_workload,
-    run_blackout_sweep,
+    record_blackout_sweep,
     summarize_points,
 )
 from workbench.lab.errors import InvalidCycle
@@ -87,7 +87,9 @@ def test_ratios_to_the_baseline_and_to_the_first_kernel():
 @pytest.mark.lab
 def test_a_real_sweep_against_its_baseline(lab_kernel, store):
     sweep = BlackoutSweep(memory_mb=[512, 1024], shares=[0.25], kernels=["7.2"])
-    summary = run_blackout_sweep(sweep, store)
+    summary = record_blackout_sweep(sweep, store)
+    record = store.get(summary["record_id"])
+    assert record.kind == "bench.blackout" and record.status == "ok" and len(store.table(record.id, "points")) == 4
     assert len(summary["points"]) == 4 and all(p["verified"] for p in summary["points"])
     assert summary["accelerators"] and all(r["baseline_s"] > 0 for r in summary["ratios"])
     preserved = [r for r in summary["ratios"] if r["share"] > 0]

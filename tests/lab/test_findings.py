@@ -1,8 +1,9 @@
 """The headline findings of the cycle and CRIU notebooks, from cycle results shaped as run_cycle returns them."""
 
 import pandas as pd
+import pytest
 
-from workbench.lab.findings import criu_finding, cycle_finding
+from workbench.lab.findings import blackout_finding, criu_finding, cycle_finding
 from workbench.lab.results import cycles_table
 from workbench.report.headline import Headline
 
@@ -93,3 +94,22 @@ def test_criu_finding_when_the_process_stopped_counting_or_nothing_ran():
     assert numbers["kept_counting"].value is False
     empty = criu_finding(_cycles([]).iloc[0:0], [{"error": "boom"}])
     assert empty.text == "No CRIU cycle completed." and _numbers(empty)["cycles_failed"].value == 1
+
+
+def test_blackout_finding_leads_with_the_baseline_ratio_the_slopes_and_the_other_kernel():
+    from tests.lab.test_blackout_plots import anatomy_points
+    from workbench.lab.blackout_bench import summarize_points
+
+    points = anatomy_points()
+    deferred = points["kernel"] == "7.2+deferred-init"
+    points.loc[deferred, "blackout_s"] *= 0.9
+    finding = blackout_finding(summarize_points(points))
+    Headline("blackout", "blackout", finding.text, tuple(finding.numbers))
+    numbers = {n.name: n for n in finding.numbers}
+    assert numbers["cycles"].value == 16 and numbers["cycles"].exact
+    base = points[(points["kernel"] == "7.2") & (points["memory_mb"] == 2048)].groupby("share")["blackout_s"].mean()
+    assert numbers["blackout_ratio_max"].value == pytest.approx(base[0.5] / base[0.0])
+    assert numbers["kho_restore_per_gib_preserved_s"].value == pytest.approx(2.5)
+    assert numbers["7_2_deferred_init_vs_7_2"].value == pytest.approx(0.9)
+    assert "tcg" in finding.text and "0.90×" in finding.text and "agent" in finding.text
+    assert blackout_finding({"ratios": []}).numbers == []

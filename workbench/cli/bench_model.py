@@ -160,4 +160,5 @@ def model_cmd(
         from workbench.cli.output import emit_frame
 
         columns = ["mem", "folio", "strategy", "threads", "convert_s", "blackout_s", "blackout_lower_bound_s"]
+        columns += ["dominant_phase", "dominant_share"]
         emit_frame(pd.DataFrame(summary["predictions"])[columns])

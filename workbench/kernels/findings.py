@@ -104,6 +104,32 @@ def _counted_phases(row: pd.Series) -> tuple[list[str], list[str]]:
     return counted, [p for p in phases if p not in counted]
 
 
+def _dominant_phases(table: pd.DataFrame) -> tuple[str, list[Number]]:
+    """Which phase dominates the predicted blackout of the largest host, per folio size, for its fastest strategy
+    (the table's ``dominant_phase`` and ``dominant_share``)."""
+    if "dominant_phase" not in table.columns or table.empty:
+        return "", []
+    largest = table[table["mem_bytes"] == table["mem_bytes"].max()]
+    parts, numbers = [], []
+    for folio_bytes, rows in largest.groupby("folio_bytes", sort=True):
+        best = rows.loc[rows["blackout_lower_bound_s"].idxmin()]
+        if not best["dominant_phase"]:
+            continue
+        folio = best["folio"]
+        parts.append(f"{best['dominant_phase']} ({best['dominant_share']:.0%}) with {folio} folios")
+        numbers.append(
+            Number(
+                f"dominant_share_{_size_name(folio_bytes)}",
+                f"{best['mem']}, {folio} folios: share of {best['dominant_phase']}",
+                float(best["dominant_share"]),
+                "ratio",
+            )
+        )
+    if not parts:
+        return "", []
+    return f" The largest phase at {largest['mem'].iloc[0]}: {'; '.join(parts)}.", numbers
+
+
 def model_finding(table: pd.DataFrame, holdout: HoldoutReport) -> Finding:
     """The blackout model's predictions for large hosts with 4 KiB folios and the fastest conversion (and for
     memory that is a memfd from birth), from :func:`workbench.kernels.blackout.prediction_table`, and its error
@@ -142,6 +168,9 @@ def model_finding(table: pd.DataFrame, holdout: HoldoutReport) -> Finding:
     text += birth_text + "."
     if missing:
         text += f" Not counted, for want of lab cycles to fit them: {', '.join(missing)}."
+    dominant_text, dominant_numbers = _dominant_phases(table)
+    text += dominant_text
+    numbers += dominant_numbers
     if len(errors):
         numbers += [
             Number("holdout_median_error", "held-out median error", errors.median(), "ratio", better="lower"),

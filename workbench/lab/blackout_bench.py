@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.experiments.recording import record_summary
 from workbench.lab.cycle import run_cycle
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.kernel_name import parse_kernel_name
@@ -26,7 +27,16 @@ from workbench.lab.qemu_target import QemuTarget
 from workbench.lab.workload import Workload, make_workload
 from workbench.records import RecordStore
 
-__all__ = ["BlackoutSweep", "SweepPoint", "MEMFD_CHUNK", "plan_points", "point_workload", "run_blackout_sweep"]
+__all__ = [
+    "BlackoutSweep",
+    "SweepPoint",
+    "MEMFD_CHUNK",
+    "plan_points",
+    "point_workload",
+    "run_blackout_sweep",
+    "record_blackout_sweep",
+    "summarize_points",
+]
 
 PAGE = 4096
 #: the largest memfd a point preserves its share in
@@ -149,6 +159,18 @@ def run_blackout_sweep(
         if on_point:
             on_point(row)
     return {**summarize_points(pd.DataFrame(rows)), "points": rows}
+
+
+def record_blackout_sweep(
+    sweep: BlackoutSweep, store: RecordStore, on_point: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """:func:`run_blackout_sweep` inside a ``bench.blackout`` record of ``store`` (what ``workbench bench
+    blackout`` runs): returns the summary with its ``record_id``."""
+    sweep.validate()
+    summary, _ = record_summary(
+        store, "bench.blackout", sweep.as_dict(), lambda run: run_blackout_sweep(sweep, store, run, on_point)
+    )
+    return summary
 
 
 def _fit(frame: pd.DataFrame, column: str) -> dict[str, Any] | None:

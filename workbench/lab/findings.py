@@ -12,7 +12,7 @@ import pandas as pd
 
 from workbench.report.headline import Finding, Number, format_value
 
-__all__ = ["cycle_finding", "criu_finding"]
+__all__ = ["cycle_finding", "criu_finding", "blackout_finding"]
 
 
 def _slug(text: str) -> str:
@@ -91,3 +91,64 @@ def criu_finding(cycles: pd.DataFrame, failures: Sequence[Mapping[str, Any]] = (
     if failures:
         text += f" {len(failures)} cycle(s) failed."
     return Finding(text, numbers)
+
+
+def _slope_text(fit: Mapping[str, Any], per: str) -> str:
+    what = "of RAM" if per == "ram" else per
+    return f"{fit[f'per_gib_{per}_s']:+.2f} ± {fit[f'per_gib_{per}_stderr']:.2f} s per GiB {what}"
+
+
+def blackout_finding(summary: Mapping[str, Any]) -> Finding:
+    """What a ``bench blackout`` sweep showed (:func:`workbench.lab.blackout_bench.run_blackout_sweep`'s
+    summary): the largest blackout ratio against the baseline kexec, the slopes of the blackout and of KHO's
+    restore per GiB preserved and per GiB of guest RAM (the first kernel's), the lab's own agent start, and each
+    other kernel against the first at the same points (e.g. deferred struct page init)."""
+    ratios = [r for r in summary.get("ratios") or [] if r.get("blackout_ratio") is not None]
+    accelerators = ", ".join(summary.get("accelerators") or []) or "unknown accelerator"
+    if not ratios:
+        return Finding("No blackout was measured against a baseline in this run.", [])
+    first = ratios[0]["reference_kernel"]
+    preserved = [r for r in ratios if r["share"] > 0 and r["kernel"] == first]
+    numbers: list[Number] = [Number("cycles", "cycles, all verified", sum(r["cycles"] for r in ratios), exact=True)]
+    text = f"In one run of {numbers[0].value} verified cycles ({accelerators}, {first}"
+    text += (
+        f" against {', '.join(sorted({r['kernel'] for r in ratios} - {first}))})"
+        if len(ratios) > 1 and any(r["kernel"] != first for r in ratios)
+        else ")"
+    )
+    if preserved:
+        worst = max(preserved, key=lambda r: r["blackout_ratio"])
+        numbers.append(Number("blackout_ratio_max", "largest blackout ratio to the baseline", worst["blackout_ratio"],
+                              "ratio", better="lower"))  # fmt: skip
+        text += (
+            f": preserving {format_value(worst['preserved_bytes'], 'B')} of a {worst['memory_mb']} MiB guest made "
+            f"the blackout {worst['blackout_ratio']:.2f}× the baseline kexec's "
+            f"({format_value(worst['blackout_s'], 's')} against {format_value(worst['baseline_s'], 's')})"
+        )
+    slopes = (summary.get("slopes") or {}).get(first) or {}
+    for column, label in (("blackout_s", "blackout"), ("phase_kho_restore_s", "KHO restore"),
+                          ("phase_memmap_init_s", "struct page init")):  # fmt: skip
+        fit = slopes.get(column)
+        if fit:
+            slug = _slug(label)
+            numbers += [
+                Number(f"{slug}_per_gib_preserved_s", f"{label}, s per GiB preserved", fit["per_gib_preserved_s"], "s",
+                       noise=fit["per_gib_preserved_stderr"], better="lower"),
+                Number(f"{slug}_per_gib_ram_s", f"{label}, s per GiB of RAM", fit["per_gib_ram_s"], "s",
+                       noise=fit["per_gib_ram_stderr"], better="lower"),
+            ]  # fmt: skip
+            text += f"; {label}: {_slope_text(fit, 'preserved')}, {_slope_text(fit, 'ram')}"
+    agent = slopes.get("agent_start_s")
+    if agent:
+        text += f"; the lab's own start of its agent (not the kernel's) about {format_value(agent['intercept_s'], 's')}"
+    others = [r for r in ratios if r["kernel"] != first and r.get("vs_reference_kernel") is not None]
+    for kernel in dict.fromkeys(r["kernel"] for r in others):
+        mine = [r["vs_reference_kernel"] for r in others if r["kernel"] == kernel]
+        mean = sum(mine) / len(mine)
+        numbers.append(Number(f"{_slug(kernel)}_vs_{_slug(first)}", f"{kernel} blackout / {first}'s, mean",
+                              mean, "ratio", better="lower"))  # fmt: skip
+        text += (
+            f". {kernel} against {first} at the same {len(mine)} points: blackout {mean:.2f}× on average "
+            f"({min(mine):.2f}-{max(mine):.2f}×)"
+        )
+    return Finding(text + ".", numbers)

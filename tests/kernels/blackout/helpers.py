@@ -42,7 +42,7 @@ def random_params(seed: int) -> ModelParams:
     )
 
 
-def rich_points(params: ModelParams, noise: float, seed: int = 0) -> pd.DataFrame:
+def rich_points(params: ModelParams, noise: float, seed: int = 0, anatomy: bool = False) -> pd.DataFrame:
     return synthetic_points(
         params,
         sizes=(16 * MiB, 64 * MiB, 256 * MiB, GiB, 4 * GiB),
@@ -50,4 +50,5 @@ def rich_points(params: ModelParams, noise: float, seed: int = 0) -> pd.DataFram
         mem_sizes=(4 * GiB, 16 * GiB, 64 * GiB),
         noise=noise,
         seed=seed,
+        anatomy=anatomy,
     )

@@ -1,6 +1,7 @@
 """Fitting the blackout model: parameters recovered from exact and noisy points, what cannot be fitted left NaN,
 bad points refused, the hold-out error."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -79,3 +80,36 @@ def test_holdout_error_sees_a_model_that_does_not_fit():
     report = holdout_error(bent)
     memcpy = report.per_phase.set_index("phase").loc["memcpy"]
     assert memcpy["median_abs_rel_error"] == pytest.approx(2 / 3, rel=1e-6)
+
+
+# --- the boot from a blackout's anatomy -----------------------------------------------------------------------
+
+QUADRATIC = dataclasses.replace(TRUE, kho_decode_per_folio2_s=3e-13)
+
+
+def test_the_anatomy_fits_each_boot_parameter_from_its_own_phase_with_a_quadratic_kho_restore():
+    points = rich_points(QUADRATIC, noise=0.0, anatomy=True)
+    assert {"memmap", "kho_decode", "kexec_rest"} <= set(points["phase"]) and "kexec" not in set(points["phase"])
+    fitted = fit(points)
+    for name in ("kexec_s", "memmap_per_page_s", "kho_decode_per_folio_s", "kho_decode_per_folio2_s"):
+        assert getattr(fitted, name) == pytest.approx(getattr(QUADRATIC, name), rel=1e-6), name
+    assert fitted.provenance["memmap_per_page_s"].endswith("memmap points")
+
+
+def test_a_linear_kho_restore_gets_no_quadratic_term_and_lumped_points_are_set_aside():
+    anatomy = rich_points(TRUE, noise=0.0, anatomy=True)
+    lumped = rich_points(QUADRATIC, noise=0.0)
+    fitted = fit(pd.concat([anatomy, lumped[lumped["phase"] == "kexec"].assign(seconds=99.0)], ignore_index=True))
+    assert fitted.kho_decode_per_folio2_s == pytest.approx(0.0, abs=1e-20)
+    assert fitted.kexec_s == pytest.approx(TRUE.kexec_s, rel=1e-6)
+    assert "lumped kexec points not used" in fitted.provenance["kexec_s"]
+    assert "cannot tell" in fit(lumped).provenance["kho_decode_per_folio2_s"]
+
+
+def test_holdout_of_anatomy_points_holds_out_the_largest_machine_for_what_grows_with_ram():
+    report = holdout_error(rich_points(QUADRATIC, noise=0.0, anatomy=True))
+    held = report.points.groupby("phase")
+    assert (held.get_group("memmap")["mem_bytes"] == 64 * GiB).all()
+    assert (held.get_group("kexec_rest")["mem_bytes"] == 64 * GiB).all()
+    assert (held.get_group("kho_decode")["size_bytes"] == 4 * GiB).all()
+    assert report.per_phase["max_abs_rel_error"].max() < 1e-6

@@ -17,6 +17,7 @@ from workbench.kernels.blackout.model import (
     compare_speed,
     evaluate,
     evaluate_reference,
+    prediction_table,
     random_configs,
 )
 
@@ -104,3 +105,16 @@ def test_compare_speed_reports_both_timings_and_agreement():
     assert report["configs"] == 2000 and report["matches_reference"] is True
     assert report["sweep_s"] > 0 and report["reference_s"] > 0
     assert report["speedup"] == pytest.approx(report["reference_s"] / report["sweep_s"])
+
+
+def test_prediction_table_names_the_dominant_phase_and_its_share():
+    quadratic = dataclasses.replace(TRUE, kho_decode_per_folio2_s=1e-12)
+    table = prediction_table(quadratic, mem_bytes=[TiB], folio_bytes=[4096, 1 << 30], strategies=[FROM_BIRTH])
+    phase_columns = [f"{p}_s" for p in PHASES]
+    for row in table.itertuples():
+        counted = {p: getattr(row, f"{p}_s") for p in blackout_phases()[FROM_BIRTH]}
+        assert row.dominant_phase == max(counted, key=counted.get)
+        assert row.dominant_share == pytest.approx(counted[row.dominant_phase] / row.blackout_lower_bound_s)
+    small, huge = table.iloc[0], table.iloc[1]
+    assert small["dominant_phase"] == "kho_decode"  # 2^28 folios squared
+    assert huge["dominant_phase"] == "memmap" and huge[phase_columns].notna().all()

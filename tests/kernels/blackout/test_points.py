@@ -111,3 +111,37 @@ def test_measure_points_times_this_machine_and_can_be_fitted():
     report = holdout_error(points)
     assert (report.points["size_bytes"] == 16 * MiB).all()
     assert np.isfinite(report.per_phase["median_abs_rel_error"]).all()
+
+
+def _anatomy_cycle(memfd_sizes, kho_restore):
+    result = {
+        "phases": {"prepare": 3.0, "preserve": 0.02, "load": 1.1, "kexec": 7.6, "restore": 0.3, "verify": 0.6},
+        "blackout_phases": {"kexec_to_console": 0.65, "early_boot": 0.08, "memmap_init": 0.02,
+                            "kho_restore": kho_restore, "initcalls": 1.1, "kernel_to_init": 0.01,
+                            "agent_start": 5.1, "retrieve": 0.41},
+        "kernel_blackout_s": 1.86 + kho_restore,
+        "memfds": [{"size": size, "pages": size // 4096} for size in memfd_sizes],
+        "memory_mb": 2048, "accelerator": "tcg", "verified": True,
+    }  # fmt: skip
+    return result, {"cpus": 2, "tcg_threads": "single", "workload": "memfd"}
+
+
+def test_cycle_points_from_a_cycle_with_its_blackout_anatomy():
+    points = cycle_points(*_anatomy_cycle([64 * MiB, 64 * MiB], kho_restore=0.25)).set_index("phase")
+    assert sorted(points.index) == ["kexec_rest", "kho_decode", "load", "memmap", "preserve", "restore"]
+    assert points.loc["memmap", "seconds"] == 0.02 and points.loc["kho_decode", "seconds"] == 0.25
+    assert points.loc["kexec_rest", "seconds"] == pytest.approx(1.86 - 0.02)
+    assert points.loc["restore", "seconds"] == 0.41  # the anatomy's retrieve, on the host's clock
+    assert (points["size_bytes"] == 128 * MiB).all() and (points["mem_bytes"] == 2 * GiB).all()
+    assert points.loc["memmap", "threads"] == 1  # single-threaded TCG runs both vCPUs on one host thread
+    predicted = predict_points(points.reset_index(), TRUE)
+    assert np.isfinite(predicted).all()
+
+
+def test_a_baseline_cycle_has_no_kho_point_and_keeps_its_kho_span_in_the_rest():
+    result, params = _anatomy_cycle([], kho_restore=0.015)
+    params = {**params, "workload": "baseline", "tcg_threads": "multi"}
+    points = cycle_points(result, params).set_index("phase")
+    assert "kho_decode" not in points.index and (points["size_bytes"] == 0).all()
+    assert points.loc["kexec_rest", "seconds"] == pytest.approx(1.86 + 0.015 - 0.02)
+    assert points.loc["memmap", "threads"] == 2

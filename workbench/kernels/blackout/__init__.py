@@ -11,6 +11,8 @@ The sweep of many configurations on Dask is :mod:`workbench.kernels.sweep`.
 """
 
 from workbench.kernels.blackout.fitting import (
+    ANATOMY_PHASES,
+    BOOT_PHASES,
     OBSERVED_PHASES,
     POINT_COLUMNS,
     HoldoutReport,
@@ -64,6 +66,8 @@ __all__ = [
     "compare_speed",
     "prediction_table",
     "OBSERVED_PHASES",
+    "BOOT_PHASES",
+    "ANATOMY_PHASES",
     "POINT_COLUMNS",
     "HoldoutReport",
     "validate_points",

@@ -8,6 +8,10 @@ Fit points are tidy, one row per measurement, with the columns of :data:`POINT_C
     ``folio_size``), ``memcpy`` (a copy between prefaulted buffers), ``convert`` (strategy ``strategy``), and from
     lab cycles ``preserve``, ``load``, ``kexec`` and ``restore``. A lab's ``kexec`` runs from ``reboot()`` to the
     agent running again, so it is the model's ``kexec + memmap + kho_decode`` for a machine of ``mem_bytes``.
+    A cycle that reports its blackout's anatomy (:mod:`workbench.lab.blackout_anatomy`) gives the three apart
+    instead: ``memmap`` (struct page initialisation of a machine of ``mem_bytes``), ``kho_decode`` (KHO restoring
+    ``size_bytes`` of preserved memory in early boot) and ``kexec_rest`` (the rest of the kexec → /init span,
+    the model's fixed ``kexec``); when any such point is given, the lumped ``kexec`` points are not used.
     ``fault = (z·B + a·(n_f - n_4k)) / S(N)`` and ``memcpy = u·B / S(N)`` are not phases of a live update: they
     calibrate the allocation cost per folio ``a``, the copy floor ``u`` and, with ``convert``, the efficiency
     ``e`` (from the same measurement at one thread and at more).
@@ -16,7 +20,7 @@ Fit points are tidy, one row per measurement, with the columns of :data:`POINT_C
 ``size_bytes``
     bytes converted, touched, copied or preserved.
 ``mem_bytes``
-    RAM of the machine that booted (``kexec`` rows only; NaN elsewhere).
+    RAM of the machine that booted (``kexec``, ``memmap``, ``kho_decode`` and ``kexec_rest`` rows; NaN elsewhere).
 ``folio_size``
     bytes per folio of the memory measured (4096 unless huge pages were obtained).
 ``threads``
@@ -51,6 +55,8 @@ from workbench.kernels.blackout.model import (
 
 __all__ = [
     "OBSERVED_PHASES",
+    "BOOT_PHASES",
+    "ANATOMY_PHASES",
     "POINT_COLUMNS",
     "HoldoutReport",
     "validate_points",
@@ -59,11 +65,28 @@ __all__ = [
     "holdout_error",
 ]
 
-OBSERVED_PHASES: tuple[str, ...] = ("fault", "memcpy", "convert", "preserve", "load", "kexec", "restore")
+OBSERVED_PHASES: tuple[str, ...] = (
+    "fault",
+    "memcpy",
+    "convert",
+    "preserve",
+    "load",
+    "kexec",
+    "memmap",
+    "kho_decode",
+    "kexec_rest",
+    "restore",
+)
 """The values the ``phase`` column of fit points may take."""
 
 POINT_COLUMNS: tuple[str, ...] = ("phase", "strategy", "size_bytes", "mem_bytes", "folio_size", "threads", "seconds")
 """The columns of fit points, described in the module docstring."""
+
+#: the observed phases that time a boot of a machine of ``mem_bytes``
+BOOT_PHASES: tuple[str, ...] = ("kexec", "memmap", "kho_decode", "kexec_rest")
+#: the observed phases of a blackout's anatomy, and the model phase each one measures
+ANATOMY_PHASES: dict[str, str] = {"memmap": "memmap", "kho_decode": "kho_decode", "kexec_rest": "kexec"}
+_GROWS_WITH_RAM = ("memmap", "kexec_rest")
 
 # --- fit points ------------------------------------------------------------------------------------------------
 
@@ -120,10 +143,10 @@ def predict_points(points: pd.DataFrame, params: ModelParams) -> np.ndarray:
     predicted = np.full(len(pts), math.nan)
     predicted[phase == "fault"] = ((params.fault_per_byte_s * size + folio_saving) / speedup)[phase == "fault"]
     predicted[phase == "memcpy"] = (params.memcpy_per_byte_s * size / speedup)[phase == "memcpy"]
-    model_rows = np.isin(phase, ("convert", "preserve", "load", "kexec", "restore"))
+    model_rows = np.isin(phase, ("convert", "preserve", "load", "restore", *BOOT_PHASES))
     if model_rows.any():
         rows = pts[model_rows]
-        mem = np.where(rows["phase"] == "kexec", rows["mem_bytes"], rows["size_bytes"]).astype(np.float64)
+        mem = np.where(rows["phase"].isin(BOOT_PHASES), rows["mem_bytes"], rows["size_bytes"]).astype(np.float64)
         valid = np.isfinite(mem) & (mem > 0)
         configs = Configs.make(
             np.where(valid, mem, BASE_PAGE),
@@ -139,7 +162,7 @@ def predict_points(points: pd.DataFrame, params: ModelParams) -> np.ndarray:
             if name == "kexec":
                 values[i] = phases[i, column["kexec"]] + phases[i, column["memmap"]] + phases[i, column["kho_decode"]]
             else:
-                values[i] = phases[i, column[name]]
+                values[i] = phases[i, column[ANATOMY_PHASES.get(name, name)]]
         values[~valid] = math.nan
         predicted[model_rows] = values
     return predicted
@@ -292,6 +315,24 @@ def fit(points: pd.DataFrame) -> ModelParams:
     )
     selected, _, _ = rows("load")
     run("load", selected, [np.ones(len(selected))], [_Term("load_s", "nan")])
+    if pts["phase"].isin(list(ANATOMY_PHASES)).any():
+        _fit_boot_from_anatomy(rows, run, notes, lumped=int((pts["phase"] == "kexec").sum()))
+    else:
+        _fit_boot_lumped(rows, run, notes)
+    selected, speedup, folio_columns = rows("restore")
+    run(
+        "restore",
+        selected,
+        [folio_columns[:, 0] / speedup, np.ones(len(selected)) / speedup],
+        [_Term("restore_per_folio_s", "nan", "the preserved size"), _Term("restore_fixed_s", "zero")],
+    )
+    return ModelParams(**values, convert_fixed_s=fixed, convert_per_byte_s=per_byte, provenance=notes)
+
+
+def _fit_boot_lumped(rows: Any, run: Any, notes: dict[str, str]) -> None:
+    """``kexec_s``, ``memmap_per_page_s`` and ``kho_decode_per_folio_s`` together, from lab ``kexec`` points (the
+    whole boot: their sum for a machine of ``mem_bytes``); ``kho_decode_per_folio2_s`` stays 0."""
+    notes["kho_decode_per_folio2_s"] = "0: lumped kexec points cannot tell it apart; the blackout's anatomy can"
     selected, speedup, folio_columns = rows("kexec")
     selected_mem = selected["mem_bytes"].to_numpy()
     with_mem = np.isfinite(selected_mem)
@@ -305,14 +346,35 @@ def fit(points: pd.DataFrame) -> ModelParams:
             _Term("kho_decode_per_folio_s", "nan", "the preserved size"),
         ],
     )
-    selected, speedup, folio_columns = rows("restore")
+
+
+def _fit_boot_from_anatomy(rows: Any, run: Any, notes: dict[str, str], lumped: int) -> None:
+    """The same three parameters each from its own phase of the blackout's anatomy: ``memmap`` points per base
+    page of the booted machine, ``kho_decode`` points per preserved folio (those that preserved something),
+    ``kexec_rest`` points as a fixed cost."""
+    selected, speedup, _ = rows("memmap")
+    with_mem = np.isfinite(selected["mem_bytes"].to_numpy())
+    selected, speedup = selected[with_mem], speedup[with_mem]
     run(
-        "restore",
+        "memmap",
         selected,
-        [folio_columns[:, 0] / speedup, np.ones(len(selected)) / speedup],
-        [_Term("restore_per_folio_s", "nan", "the preserved size"), _Term("restore_fixed_s", "zero")],
+        [selected["mem_bytes"].to_numpy() / BASE_PAGE / speedup],
+        [_Term("memmap_per_page_s", "nan", "the booted machine's memory (mem_bytes)")],
     )
-    return ModelParams(**values, convert_fixed_s=fixed, convert_per_byte_s=per_byte, provenance=notes)
+    selected, _, folio_columns = rows("kho_decode")
+    preserved = folio_columns[:, 0] > 0 if len(selected) else np.zeros(0, dtype=bool)
+    folios = folio_columns[preserved, 0]
+    run(
+        "kho_decode",
+        selected[preserved],
+        [folios, folios * folios],
+        [_Term("kho_decode_per_folio_s", "zero"), _Term("kho_decode_per_folio2_s", "zero")],
+    )
+    selected, _, _ = rows("kexec_rest")
+    run("kexec_rest", selected, [np.ones(len(selected))], [_Term("kexec_s", "nan")])
+    if lumped:
+        for name in ("kexec_s", "memmap_per_page_s", "kho_decode_per_folio_s", "kho_decode_per_folio2_s"):
+            notes[name] += f" (the blackout's anatomy; {lumped} lumped kexec points not used)"
 
 
 # --- hold-out error -----------------------------------------------------------------------------------------------
@@ -328,15 +390,16 @@ class HoldoutReport(NamedTuple):
 def holdout_error(points: pd.DataFrame, holdout_sizes: Sequence[float] | None = None) -> HoldoutReport:
     """Fits on some sizes and predicts the others: by default, for each phase (and conversion strategy) with
     at least two sizes measured, the largest size is held out, so the error is that of extrapolating to a
-    larger size; ``holdout_sizes`` holds out exactly those ``size_bytes`` instead. The relative error is
-    ``(predicted - measured) / measured``."""
+    larger size. The size is what the phase grows with: the booted machine's RAM (``mem_bytes``) for
+    ``memmap`` and ``kexec_rest``, ``size_bytes`` for the others. ``holdout_sizes`` holds out exactly the
+    points of those ``size_bytes`` instead. The relative error is ``(predicted - measured) / measured``."""
     pts = validate_points(points)
     if holdout_sizes is not None:
         held = pts["size_bytes"].isin([float(s) for s in holdout_sizes])
     else:
-        largest = pts.groupby(["phase", "strategy"])["size_bytes"].transform("max")
-        distinct = pts.groupby(["phase", "strategy"])["size_bytes"].transform("nunique")
-        held = (pts["size_bytes"] == largest) & (distinct >= 2)
+        driver = pts["size_bytes"].where(~pts["phase"].isin(_GROWS_WITH_RAM), pts["mem_bytes"])
+        by_phase = driver.groupby([pts["phase"], pts["strategy"]])
+        held = (driver == by_phase.transform("max")) & (by_phase.transform("nunique") >= 2)
     params = fit(pts[~held])
     tested = pts[held].copy()
     tested["predicted"] = predict_points(tested, params)
@@ -347,6 +410,7 @@ def holdout_error(points: pd.DataFrame, holdout_sizes: Sequence[float] | None = 
         .agg(
             points=("seconds", "size"),
             held_out_sizes=("size_bytes", lambda s: sorted(int(v) for v in set(s))),
+            held_out_mem=("mem_bytes", lambda s: sorted(int(v) for v in set(s.dropna()))),
             median_abs_rel_error=("abs_error", "median"),
             max_abs_rel_error=("abs_error", "max"),
             mean_rel_error=("relative_error", "mean"),

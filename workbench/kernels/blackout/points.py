@@ -49,9 +49,12 @@ def synthetic_points(
     mem_sizes: Sequence[float] = (4 << 30, 64 << 30),
     noise: float = 0.0,
     seed: int = 0,
+    anatomy: bool = False,
 ) -> pd.DataFrame:
     """Points the model itself would measure, with relative Gaussian noise of ``noise``: for checking that
-    :func:`~workbench.kernels.blackout.fitting.fit` recovers the parameters it was given."""
+    :func:`~workbench.kernels.blackout.fitting.fit` recovers the parameters it was given. The boot of each
+    preserved size on each machine of ``mem_sizes`` is one lumped ``kexec`` point, or with ``anatomy`` the
+    three points of a blackout's anatomy (``memmap``, ``kho_decode``, ``kexec_rest``)."""
     rows: list[dict[str, Any]] = []
 
     def add(phase: str, size: float, folio: float = BASE_PAGE, n: int = 1, strategy: str = "", mem=math.nan):
@@ -68,7 +71,8 @@ def synthetic_points(
         add("load", size)
         add("restore", size)
         for mem in mem_sizes:
-            add("kexec", size, BASE_PAGE, 2, mem=max(mem, size))
+            for phase in ("memmap", "kho_decode", "kexec_rest") if anatomy else ("kexec",):
+                add(phase, size, BASE_PAGE, 2, mem=max(mem, size))
     frame = pd.DataFrame(rows, columns=[c for c in POINT_COLUMNS if c != "seconds"])
     exact = predict_points(frame.assign(seconds=1.0), params)
     rng = np.random.default_rng(seed)
@@ -106,7 +110,7 @@ def conversion_points(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-_LAB_PHASES = ("preserve", "load", "kexec", "restore")
+_LAB_PHASES = ("preserve", "load", "kexec", "memmap", "kho_decode", "kexec_rest", "restore")
 _LAB_SIZE_COLUMNS = ("size_bytes", "memfd_bytes", "preserved_bytes")
 _LAB_MEM_COLUMNS = ("mem_bytes", "guest_ram_bytes", "ram_bytes", "memory_bytes")
 
@@ -117,9 +121,10 @@ def lab_points(frame: pd.DataFrame, folio_size: int = BASE_PAGE, threads: int = 
     booted machine's RAM (one of ``mem_bytes``, ``guest_ram_bytes``, ``ram_bytes``, ``memory_bytes``; needed by
     ``kexec`` rows). ``folio_size`` and ``threads`` apply where the frame has no such column.
 
-    Only ``preserve``, ``load``, ``kexec`` and ``restore`` are kept: ``prepare`` and ``verify`` fill and hash the
-    memfds (not part of a live update), ``finish`` runs after the workload is back, and a ``blackout`` row is the
-    lab's own sum of phases already present."""
+    Only ``preserve``, ``load``, ``kexec``, ``restore`` and the anatomy's ``memmap``, ``kho_decode`` and
+    ``kexec_rest`` are kept: ``prepare`` and ``verify`` fill and hash the memfds (not part of a live update),
+    ``finish`` runs after the workload is back, and a ``blackout`` row is the lab's own sum of phases already
+    present."""
     if not {"phase", "seconds"} <= set(frame.columns):
         raise ValueError(f"lab points need the columns phase and seconds, not {list(frame.columns)}")
     size_column = next((c for c in _LAB_SIZE_COLUMNS if c in frame.columns), None)
@@ -149,20 +154,53 @@ def lab_points(frame: pd.DataFrame, folio_size: int = BASE_PAGE, threads: int = 
 
 def cycle_points(result: Mapping[str, Any], params: Mapping[str, Any]) -> pd.DataFrame:
     """Fit points from one lab cycle (a ``lab.cycle`` record's result and parameters): its ``phases``, the
-    preserved bytes ``memfds × memfd_size``, the guest's ``memory_mb`` and, for ``kexec``, its ``cpus``."""
+    preserved bytes (the sizes of the memfds it verified, else ``memfds × memfd_size``), the guest's
+    ``memory_mb`` and, for the boot, its CPUs (one under single-threaded TCG, which runs every vCPU on one host
+    thread).
+
+    A cycle that reports its blackout's anatomy (``blackout_phases`` and ``kernel_blackout_s``) gives the boot as
+    ``memmap`` (``memmap_init``), ``kho_decode`` (``kho_restore``, when something was preserved) and ``kexec_rest``
+    (the rest of kexec → /init), and ``restore`` as its ``retrieve`` (the host's clock, from the agent's start in
+    the next kernel); the lab's own start of the agent (``agent_start``) is not a phase of the model. Other cycles
+    give the lumped ``kexec``."""
     phases = dict(result.get("phases") or {})
+    anatomy = dict(result.get("blackout_phases") or {})
     memory_mb = result.get("memory_mb") or params.get("memory_mb")
-    cpus = int(params.get("cpus") or 1)
+    preserved = _preserved_bytes(result, params)
+    seconds = {name: phases[name] for name in ("preserve", "load", "restore", "kexec") if name in phases}
+    kernel_blackout = result.get("kernel_blackout_s")
+    if kernel_blackout is not None and {"memmap_init", "kho_restore"} <= set(anatomy):
+        kho = anatomy["kho_restore"] if preserved > 0 else 0.0
+        seconds.pop("kexec", None)
+        seconds.update(memmap=anatomy["memmap_init"], kexec_rest=kernel_blackout - anatomy["memmap_init"] - kho)
+        if kho:
+            seconds["kho_decode"] = kho
+        if "retrieve" in anatomy:
+            seconds["restore"] = anatomy["retrieve"]
+    threads = _guest_threads(result, params)
     frame = pd.DataFrame(
         {
-            "phase": list(phases),
-            "seconds": list(phases.values()),
-            "size_bytes": float(params["memfds"]) * float(params["memfd_size"]),
+            "phase": list(seconds),
+            "seconds": list(seconds.values()),
+            "size_bytes": preserved,
             "mem_bytes": float(memory_mb) * (1 << 20) if memory_mb else math.nan,
-            "threads": [cpus if name == "kexec" else 1 for name in phases],
+            "threads": [threads if name in ("kexec", "memmap") else 1 for name in seconds],
         }
     )
     return lab_points(frame)
+
+
+def _preserved_bytes(result: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+    memfds = result.get("memfds")
+    if isinstance(memfds, list) and all(isinstance(m, Mapping) and "size" in m for m in memfds):
+        return float(sum(m["size"] for m in memfds))
+    return float(params["memfds"]) * float(params["memfd_size"])
+
+
+def _guest_threads(result: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    cpus = int(params.get("cpus") or 1)
+    single_tcg = result.get("accelerator") == "tcg" and params.get("tcg_threads", "single") == "single"
+    return 1 if single_tcg else cpus
 
 
 def points_from_records(store: Any) -> pd.DataFrame:
