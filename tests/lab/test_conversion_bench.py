@@ -41,3 +41,27 @@ def test_conversions_in_the_vm_survive_the_kexec(lab_kernel, tmp_path):
     bench = store.get(out["record_id"])
     assert bench.kind == "bench.conversion" and "conversion_vm" in bench.table_names
     assert set(VM_SKIPPED) & set(out["strategies"]) == set()
+
+
+@pytest.mark.lab
+def test_every_row_counts_its_pages_and_the_huge_strategies_survive_or_carry_the_refusal(lab_kernel, tmp_path):
+    strategies = ["copy-fresh", "vmsplice-gift", "memfd-from-birth", "thp-shmem", "hugetlb"]
+    argv = [sys.executable, "-m", "workbench.cli", "bench", "conversion", "--target", "vm", "--size", "4M", "--json"]
+    for name in strategies:
+        argv += ["--strategy", name]
+    argv += ["--data", str(tmp_path / "data")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert [row["strategy"] for row in out["rows"]] == strategies
+    for row in out["rows"]:
+        expected = 0 if row["strategy"] == "memfd-from-birth" else (4 << 20) // 4096
+        assert row["pages_converted"] == expected, row
+        assert row["moved_pages"] + row["copied_pages"] == row["pages_converted"], row
+        assert row["page_identity_explanation"], row
+    for name in ("thp-shmem", "hugetlb"):
+        row = out["strategies"][name]
+        assert row["verified"] is True or (name in out["refused"] and "LUO refused" in row["preserve_refused"]), row
+        assert row["bytes_per_s"] > 0
+    assert out["strategies"]["thp-shmem"]["huge_pages"] > 0  # the memfd really had transparent huge pages
+    assert out["all_verified"] is True

@@ -95,7 +95,15 @@ VM = register(
     Experiment(
         "bench.conversion",
         lambda store, params: record_bench_conversion_vm(store, params)[0]["record_id"],
-        exact=("all_verified", "strategies.*.verified", "strategies.*.size", "sizes.*"),
+        exact=(
+            "all_verified",
+            "strategies.*.verified",
+            "strategies.*.size",
+            "sizes.*",
+            "strategies.*.moved_pages",
+            "strategies.*.copied_pages",
+            "refused.*",
+        ),
         measured=(*_MEASURED, "anon_to_survived_s.*"),
         tolerance=1.0,
         accepts=lambda params: params.get("target") == "vm" and set(params) >= _VM_PARAMS,

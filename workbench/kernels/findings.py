@@ -13,6 +13,7 @@ import pandas as pd
 
 from workbench.kernels.blackout.fitting import HoldoutReport
 from workbench.kernels.blackout.model import blackout_phases
+from workbench.kernels.conversion.summary import preserved_rows
 from workbench.kernels.conversion_answer import best_by_strategy
 from workbench.report.headline import Finding, Number, format_value
 
@@ -75,21 +76,29 @@ def conversion_finding(
             f"between prefaulted buffers ({format_value(memcpy, 'B/s')}), the machine's limit."
         )
     if vm_rows is not None and vm_cycle is not None and len(vm_rows):
-        vm_verified = bool(vm_rows["verified"].all())
+        preserved = preserved_rows(vm_rows)
+        vm_verified = bool(len(preserved)) and bool(preserved["verified"].all())
         survived = vm_cycle.get("anon_to_survived_s")
         numbers += [
             Number("vm_verified", "in the lab VM: every memfd verified after the kexec", vm_verified, exact=True),
-            Number("vm_memfds", "in the lab VM: strategies converted and preserved", len(vm_rows), exact=True),
+            Number("vm_memfds", "in the lab VM: strategies converted and preserved", len(preserved), exact=True),
             Number(
                 "vm_anon_to_survived_s", "in the lab VM: anonymous memory to restored", survived, "s", better="lower"
             ),
         ]
         outcome = "all verified" if vm_verified else "NOT all verified"
         text += (
-            f" In the lab VM ({vm_cycle.get('accelerator')}), {len(vm_rows)} memfds, one per strategy, were preserved "
-            f"with LUO and came back after the kexec, {outcome}: {format_value(survived, 's')} from anonymous "
-            "memory to restored."
+            f" In the lab VM ({vm_cycle.get('accelerator')}), {len(preserved)} memfds, one per strategy, were "
+            f"preserved with LUO and came back after the kexec, {outcome}: {format_value(survived, 's')} from "
+            "anonymous memory to restored."
         )
+        refused = vm_rows.loc[~vm_rows.index.isin(preserved.index), "strategy"]
+        if len(refused):
+            text += f" LUO refused to preserve {', '.join(dict.fromkeys(refused))} (the reason is in its row)."
+        if {"moved_pages", "copied_pages"} <= set(vm_rows.columns):
+            moved, copied = int(vm_rows["moved_pages"].fillna(0).sum()), int(vm_rows["copied_pages"].fillna(0).sum())
+            numbers.append(Number("vm_moved_pages", "in the lab VM: pages moved, not copied", moved, exact=True))
+            text += f" Of the converted pages {moved:,} kept their frame and {copied:,} were copied."
     return Finding(text, numbers)
 
 

@@ -64,3 +64,35 @@ def test_summary_adds_each_memfds_own_times_to_the_shared_blackout():
     assert row["bytes_per_s"] == (1 << 30) / 0.5 and row["ratio_to_memcpy"] == (1 << 30) / 0.5 / 4e9
     assert row["verified"] is True
     assert out["anon_to_survived_s"] == 0.5 + 0.25 + 1.0 + 3.0 + 0.125 + 1.0  # prepare is not part of the path
+
+
+def test_a_memfd_luo_refused_keeps_its_conversion_and_the_refusal_while_the_others_shift_places():
+    conversion = {"copier": "numba", "threads": 1, "pipe_size": 0, "size": 4 << 20, "alloc_s": None, "copy_s": 0.1}
+    identity = {"pages_converted": 1024, "moved_pages": 0, "copied_pages": 1024, "huge_pages": 0}
+    refusal = {"errno": "ENOENT", "message": "preserving fd 5: No such file", "code_path": "memfd_luo_can_preserve"}
+    prepare = {
+        "conversions": [
+            {"strategy": "hugetlb", "convert_s": 0.1, **conversion, **identity, "huge_pages": 1024},
+            {"strategy": "copy-fresh", "convert_s": 0.2, **conversion, **identity},
+        ],
+        "preserved_memfds": [1],
+        "preserve_refused": {"0": {**refusal, "converted_verified": True}},
+        "preserve_s": [0.25],
+    }
+    restore = {
+        "retrieve_s": [0.125],
+        "verify_s": [1.0],
+        "memfds": [{"memfd": 0, "differing_count": 0, "size": 4 << 20, "expected_size": 4 << 20}],
+    }
+    hugetlb, fresh = summarize(prepare, restore, {}, blackout_s=3.0)["conversions"]
+    assert hugetlb["verified"] is False and hugetlb["preserve_s"] is None and hugetlb["end_to_end_s"] is None
+    assert "ENOENT" in hugetlb["preserve_refused"] and "memfd_luo_can_preserve" in hugetlb["preserve_refused"]
+    assert hugetlb["converted_verified"] is True and hugetlb["huge_pages"] == 1024
+    assert fresh["verified"] is True and fresh["preserve_s"] == 0.25 and fresh["end_to_end_s"] == 0.2 + 0.25 + 4.125
+    assert fresh["preserve_refused"] == "" and fresh["moved_pages"] + fresh["copied_pages"] == 1024
+
+
+def test_hugetlb_memfds_get_guest_ram_for_their_pool():
+    base = ConvertedMemfdWorkload(memfds=2, memfd_size=256 << 20, convert=["copy-fresh", "copy-fresh"])
+    huge = ConvertedMemfdWorkload(memfds=2, memfd_size=256 << 20, convert=["copy-fresh", "hugetlb"])
+    assert huge.memory_mb() >= base.memory_mb() + 256 + 2

@@ -7,7 +7,9 @@ pattern, distinct on every page) together with the XXH3-64 fingerprint of each o
 (:mod:`~workbench.kernels.conversion.strategies`, its copy loops in :mod:`~workbench.kernels.conversion.copy`);
 the benchmark (:mod:`~workbench.kernels.conversion.bench`) fingerprints the memfd's pages and compares them with
 the source's, and puts the times beside the machine's limits measured in the same run
-(:mod:`~workbench.kernels.conversion.limits`).
+(:mod:`~workbench.kernels.conversion.limits`). Where root can read physical frames,
+:mod:`~workbench.kernels.conversion.page_identity` tells moved pages from copied ones, and
+:mod:`~workbench.kernels.conversion.huge_pages` sets up what the huge-page strategies need (the lab VM's agent).
 
 Every name of the submodules that other modules use is here too, so ``conversion.run_conversion`` and ``from
 workbench.kernels.conversion import STRATEGIES`` work."""

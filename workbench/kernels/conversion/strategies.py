@@ -351,13 +351,15 @@ def hugetlb_unavailable(size: int) -> str | None:
 @dataclass(frozen=True)
 class Strategy:
     """A conversion: its function, the copiers it runs with, whether its kernel copy is split over threads,
-    whether it goes through a pipe, the source it needs and why it cannot run (``None`` when it can)."""
+    whether it goes through a pipe, the source it needs, whether it reads that source at all (``reads_source``
+    false: the memory was a memfd from the start) and why it cannot run (``None`` when it can)."""
 
     convert: Callable[[Source, Options], Converted]
     copiers: tuple[str, ...] = ("kernel",)
     parallel: bool = False
     uses_pipe: bool = False
     remote: bool = False
+    reads_source: bool = True
     unavailable: Callable[[int], str | None] = lambda size: None
 
 
@@ -372,7 +374,7 @@ STRATEGIES: dict[str, Strategy] = {
     "vmsplice-splice": Strategy(convert_vmsplice_splice, parallel=True, uses_pipe=True),
     "vmsplice-gift": Strategy(convert_vmsplice_gift, parallel=True, uses_pipe=True),
     "process_vm_readv": Strategy(convert_process_vm_readv, parallel=True, remote=True),
-    "memfd-from-birth": Strategy(convert_memfd_from_birth, ("none",)),
+    "memfd-from-birth": Strategy(convert_memfd_from_birth, ("none",), reads_source=False),
     "thp-shmem": Strategy(convert_thp_shmem, _COPIERS, unavailable=thp_shmem_unavailable),
     "hugetlb": Strategy(convert_hugetlb, _COPIERS, unavailable=hugetlb_unavailable),
 }

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["summarize", "summarize_vm", "plain_value", "TABLE_COLUMNS", "VM_COLUMNS"]
+import pandas as pd
+
+__all__ = ["summarize", "summarize_vm", "preserved_rows", "plain_value", "TABLE_COLUMNS", "VM_COLUMNS"]
 
 _STRATEGY_FIELDS = (
     "bytes_per_s",
@@ -92,19 +94,39 @@ VM_COLUMNS = [
     "verify_s",
     "end_to_end_s",
     "verified",
+    "moved_pages",
+    "copied_pages",
 ]
+
+_VM_STRATEGY_EXTRA = ("pages_converted", "huge_pages", "page_identity_explanation", "preserve_refused")
+
+
+def preserved_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`workbench.lab.conversion_bench.bench_in_vm` frame whose memfds LUO preserved (not
+    those it refused, ``preserve_refused``)."""
+    if "preserve_refused" not in frame:
+        return frame
+    return frame[frame["preserve_refused"].fillna("") == ""]
 
 
 def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary of :func:`workbench.lab.conversion_bench.bench_in_vm`: per strategy (largest size, its
     fastest thread count) the conversion rate, ``ratio_to_memcpy`` against the guest's memcpy measured in the same
-    boot, and the end-to-end time to a verified memfd after the kexec; the guest's limits; every row."""
+    boot, and the end-to-end time to a verified memfd after the kexec, its moved and copied pages; the guest's
+    limits; every row. A strategy whose memfds LUO refused to preserve is listed in ``refused`` with the kernel's
+    reason and does not count against ``all_verified``."""
     strategies: dict[str, Any] = {}
+    refused: dict[str, str] = {}
     for name, rows in frame.groupby("strategy", sort=False):
         largest = rows[rows["size"] == rows["size"].max()]
         best = largest.loc[largest["bytes_per_s"].idxmax()]
         strategies[name] = {key: plain_value(best[key]) for key in VM_COLUMNS if key != "strategy"}
+        strategies[name].update({key: plain_value(best[key]) for key in _VM_STRATEGY_EXTRA if key in best})
         strategies[name]["verified"] = bool(rows["verified"].all())
+        reasons = [reason for reason in rows.get("preserve_refused", []) if reason]
+        if reasons:
+            refused[name] = "; ".join(dict.fromkeys(reasons))
+    preserved = preserved_rows(frame)
     limits = cycles[-1].get("target_limits", {}) if cycles else {}
     return {
         **params,
@@ -114,8 +136,11 @@ def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str,
         "memcpy_bytes_per_s": plain_value(limits.get("memcpy_bytes_per_s")),
         "anon_to_survived_s": [c.get("anon_to_survived_s") for c in cycles],
         "cycle_records": [c.get("record_id") for c in cycles],
-        "all_verified": bool(len(frame)) and bool(frame["verified"].all()) and all(c["verified"] for c in cycles),
+        "all_verified": bool(len(preserved))
+        and bool(preserved["verified"].all())
+        and all(c["verified"] for c in cycles),
         "unavailable": {},
+        "refused": refused,
         "strategies": strategies,
         "rows": [{key: plain_value(value) for key, value in row.items()} for row in frame.to_dict("records")],
     }
