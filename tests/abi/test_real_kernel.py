@@ -508,8 +508,9 @@ def test_an_encoded_handover_decodes_like_the_kernels(proof):
     encoded = encode_handover(PageAllocator(memory, start=ram_end), {SESSION: specs}, release=proof.release)
     e = decode_handover(memory, encoded.fdt_phys)
     assert e.errors == [] and e.unpreserved_references().empty
-    assert {k: v for k, v in e.summary().items() if not k.endswith("_phys") and k != "memory_map_pages"} == {
-        k: v for k, v in h.summary().items() if not k.endswith("_phys") and k != "memory_map_pages"
+    where = ("memory_map_pages", "moment_evidence")  # page counts and addresses that depend on the layout
+    assert {k: v for k, v in e.summary().items() if not k.endswith("_phys") and k not in where} == {
+        k: v for k, v in h.summary().items() if not k.endswith("_phys") and k not in where
     }
     pd.testing.assert_frame_equal(e.memfd_folios(), h.memfd_folios())
     assert e.files().drop(columns="data").equals(h.files().drop(columns="data"))
@@ -524,9 +525,46 @@ def test_the_cli_decodes_the_capture(proof):
     out = CliRunner().invoke(abi, ["decode", "--ram", str(proof.kexec.path), "--json", "--check-encoders"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert data["summary"] == json.loads(json.dumps(proof.handover.summary()))
+    labelled = {"role_reason", "fdt_choice"}  # what only the CLI, which looked at every FDT in memory, can say
+    assert {k: v for k, v in data["summary"].items() if k not in labelled} == json.loads(
+        json.dumps(proof.handover.summary())
+    )
+    assert data["summary"]["moment"] == "serialized" and data["summary"]["role"] == "outgoing"
     assert [f["token"] for f in data["files"]] == TOKENS
     assert data["encoders_identical"] is True
     assert data["unpreserved_references"] == []
-    ambiguous = CliRunner().invoke(abi, ["decode", "--ram", str(proof.run_dir / "ram-restore")])
-    assert ambiguous.exit_code == 1 and "--fdt-phys" in ambiguous.output
+
+
+def test_the_cli_tells_the_two_fdts_of_the_new_kernel_apart(proof):
+    """The new kernel's RAM holds the handover it was given and its own: the kexec metadata says which is which,
+    the incoming one is reported, and its consumed preserved-memory map raises no false alarms."""
+    from click.testing import CliRunner
+
+    from workbench.cli.abi import abi
+
+    out = CliRunner().invoke(abi, ["decode", "--ram", str(proof.run_dir / "ram-restore"), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    summary = data["summary"]
+    assert summary["fdt_phys"] == proof.handover.fdt.phys and summary["role"] == "incoming"
+    assert "kexec count 1" in summary["role_reason"] and "kexec metadata" in summary["fdt_choice"]
+    assert summary["memory_map_consumed"] is True and summary["unpreserved_check"].startswith("skipped")
+    assert data["unpreserved_references"] == []
+    assert summary["previous_release"] == proof.release and summary["kexec_count"] == 1
+    roles = {h["role"]: h for h in data["handovers"]}
+    assert set(roles) == {"incoming", "outgoing"}
+    own = roles["outgoing"]["summary"]
+    assert own["kexec_count"] == 2 and own["moment"] == "before_preserve" and own["sessions"] == []
+    assert "only at reboot" in own["sessions_note"]
+
+
+def test_before_the_kexec_the_decoder_says_why_there_are_no_sessions(proof):
+    from click.testing import CliRunner
+
+    from workbench.cli.abi import abi
+
+    out = CliRunner().invoke(abi, ["decode", "--ram", str(proof.run_dir / "ram-preserve"), "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)["summary"]
+    assert summary["sessions"] == [] and summary["moment"] == "preserved"
+    assert "only at reboot" in summary["sessions_note"] and "before serialization" in summary["sessions_note"]

@@ -55,3 +55,40 @@ def test_inspect_a_real_dump_as_json_and_as_text(inspection, lab_kernel, tmp_pat
 
     runs = RecordStore(tmp_path).runs(kind="inspect")
     assert len(runs) == 2 and all(r.status == "ok" for r in runs)
+
+
+def test_the_text_names_the_moment_the_pending_sessions_and_the_agreement(capsys):
+    """What ``workbench inspect`` prints beyond the tables, for a next kernel that has not deserialized yet."""
+    import numpy as np
+
+    from tests.abi.helpers import area
+    from tests.inspect.test_agreement import KERNEL, view
+    from workbench.abi.luo import LuoFile, encode_luo
+    from workbench.abi.memfd import MEMFD_LUO_FH_COMPATIBLE, encode_memfd
+    from workbench.cli.inspect import _print_human
+    from workbench.inspect.agreement import compare_views
+    from workbench.inspect.moment import MomentFacts, moment_of
+    from workbench.inspect.pending import incoming_sessions_from_bytes
+    from workbench.inspect.snapshot import Snapshot
+
+    mem, alloc = area(64)
+    memfd = encode_memfd(np.array([alloc.alloc() // 4096]), np.array([0]), 4096, alloc)
+    luo = encode_luo([("vm", [LuoFile(MEMFD_LUO_FH_COMPATIBLE, memfd.phys, 9)])], alloc)
+    facts = MomentFacts(
+        kexec_boot=True, incoming_active=True, incoming_pending_pa=luo.sessions_pa, incoming_pending_blocks=1
+    )
+    snap = Snapshot(source={"target": "vmcore"}, kho={}, luo={}, moment=moment_of(facts).as_dict())
+    snap.tables["pending_incoming"] = incoming_sessions_from_bytes(mem, luo.sessions_pa)
+    snap.tables["agreement"] = compare_views(KERNEL, view([("outgoing", "vm", 1, 8192, 2, (10, 11))]), listed=False)
+    _print_human(snap)
+    text = capsys.readouterr().out
+    assert "moment: next_kernel_pending\n  - luo_session_global.incoming.block_set.head_pa is" in text
+    assert (
+        "Pending incoming sessions, from the handover bytes (LUO deserializes these sessions at the first open" in text
+    )
+    assert f"{memfd.phys:#x}" in text  # ser_phys in hex
+    assert "Kernel objects against handover bytes (3 fact(s) in both: they agree):" in text
+    summary = snap.summary()
+    assert summary["moment"] == "next_kernel_pending" and summary["pending_incoming"][0]["token"] == 9
+    assert summary["pending_incoming_note"].startswith("LUO deserializes") and summary["agreement"]["agree"] is True
+    json.dumps(summary)

@@ -10,6 +10,8 @@ preserved-memory metadata designs. One module per format:
 * :mod:`~workbench.abi.memfd` — ``memfd-v2``
 * :mod:`~workbench.abi.kexec_metadata` — the ``kexec-metadata`` blob
 * :mod:`~workbench.abi.handover` — all of it from one FDT
+* :mod:`~workbench.abi.handovers` — every FDT in memory, labelled (incoming, outgoing) from the kexec metadata
+* :mod:`~workbench.abi.moment` — which moment of a live update the bytes show
 * :mod:`~workbench.abi.encoder_check` — the encoders compared with what a kernel wrote
 * :mod:`~workbench.abi.alternatives`, :mod:`~workbench.abi.design_space` — other designs, the benchmark
 """

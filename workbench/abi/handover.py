@@ -57,6 +57,7 @@ from workbench.abi.luo import (
     encode_luo,
 )
 from workbench.abi.memfd import MEMFD_LUO_FH_COMPATIBLE, Memfd, decode_memfd, encode_memfd
+from workbench.abi.moment import NO_SESSIONS_BEFORE_REBOOT, handover_moment
 from workbench.abi.physmem import PAGE_SIZE, BufferMemory, PhysicalMemory
 from workbench.abi.radix import RadixTree, encode_radix_tree, read_radix_tree
 
@@ -84,6 +85,12 @@ class Handover:
     memfds: dict[tuple[str, int], Memfd]
     subtree_fdts: dict[str, FdtNode] = field(default_factory=dict)
     errors: list[AbiError] = field(default_factory=list)
+    #: ``outgoing`` (the running kernel's own, the default), ``incoming`` (handed over by the previous kernel) or
+    #: ``older``; set by :func:`~workbench.abi.handovers.decode_handovers` from the kexec metadata
+    role: str = "outgoing"
+    role_reason: str = ""
+    #: the next kernel consumed this handover's preserved-memory map at boot (its pages are free memory there)
+    memory_map_consumed: bool = False
 
     def preserved(self) -> pd.DataFrame:
         """DataFrame ``[pfn, order]`` of the preserved-memory map (empty when it was not decoded)."""
@@ -119,18 +126,39 @@ class Handover:
         return pd.DataFrame(rows, columns=["what", "pfn"]).astype({"pfn": "uint64"})
 
     def unpreserved_references(self) -> pd.DataFrame:
-        """The rows of :meth:`referenced_pages` whose pfn is not the start of any preserved folio."""
+        """The rows of :meth:`referenced_pages` whose pfn is not the start of any preserved folio; none when the
+        map was consumed (:attr:`memory_map_consumed`), since there is nothing left to check against."""
         refs = self.referenced_pages()
+        if self.memory_map_consumed:
+            return refs.iloc[:0]
         preserved = self.preserved()["pfn"].to_numpy(dtype=np.uint64)
         return refs[~np.isin(refs["pfn"].to_numpy(dtype=np.uint64), preserved)].reset_index(drop=True)
 
+    def unpreserved_check(self) -> str:
+        """Whether :meth:`unpreserved_references` could check anything, in words."""
+        if self.memory_map_consumed:
+            return (
+                "skipped: the next kernel consumed this preserved-memory map at boot (its bits became memblock "
+                "reservations and its pages free memory), so there is nothing to check the references against"
+            )
+        if self.memory_map is None:
+            return "skipped: the preserved-memory map was not decoded"
+        return "done"
+
     def summary(self) -> dict:
+        """A JSON-ready digest: where the FDT and the map are, the sessions, the kexec metadata, the moment of the
+        live update the bytes show (:func:`~workbench.abi.moment.handover_moment`) and the errors."""
         out = {
             "fdt_phys": self.fdt.phys,
             "subtrees": [s.name for s in self.fdt.subtrees],
             "memory_map_phys": self.fdt.memory_map_phys,
             "errors": [str(e) for e in self.errors],
+            "role": self.role,
+            "memory_map_consumed": self.memory_map_consumed,
+            "unpreserved_check": self.unpreserved_check(),
         }
+        if self.role_reason:
+            out["role_reason"] = self.role_reason
         if self.memory_map is not None:
             out |= {
                 "preserved_folios": self.memory_map.folio_count,
@@ -149,6 +177,10 @@ class Handover:
                 "previous_release": self.kexec_metadata.previous_release,
                 "kexec_count": self.kexec_metadata.kexec_count,
             }
+        reading = handover_moment(self)
+        out |= reading.as_dict()
+        if self.luo is not None and not self.luo.sessions and reading.moment in ("before_preserve", "preserved"):
+            out["sessions_note"] = NO_SESSIONS_BEFORE_REBOOT
         return out
 
 

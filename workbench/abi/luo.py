@@ -30,6 +30,7 @@ __all__ = [
     "LuoSession",
     "LuoFlb",
     "LuoState",
+    "decode_session_list",
     "decode_luo",
     "encode_luo",
 ]
@@ -144,21 +145,21 @@ class LuoState:
         return pages
 
 
-def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> LuoState:
-    """Decodes ``struct luo_ser`` at ``phys`` (``blob_size`` from the FDT sub-node, if known) and its lists.
+def decode_session_list(
+    mem: PhysicalMemory, sessions_pa: int, blocks: dict[int, str] | None = None
+) -> tuple[list[LuoSession], list[int]]:
+    """Decodes the session list at ``sessions_pa`` (``luo_ser.sessions_pa``, or the ``head_pa`` of the incoming
+    session ``kho_block_set`` that a next kernel keeps until LUO deserializes it) and each session's file list.
 
-    Checks: blob size, ``compatible``, every block list (see :func:`read_block_list`) and that no two lists share a
-    block, each session's file count against its blocks, unique session names, the FLB pages inside memory and the
-    FLB entry count against their number.
+    Returns the sessions and the pages of the session list's blocks. Checks: every block list (see
+    :func:`read_block_list`) and that no two lists share a block, unique session names, each session's file count
+    against its blocks.
+
+    :param mem: physical memory holding the lists
+    :param sessions_pa: physical address of the first session block (0: no sessions)
+    :param blocks: the blocks already claimed by other lists of the same handover (page -> owner), filled in
     """
-    if blob_size is not None and blob_size < LUO_SER_SIZE:
-        raise TruncatedData(f"LUO blob at {phys:#x} is {blob_size} bytes, less than luo_ser ({LUO_SER_SIZE})", phys)
-    compatible_raw, liveupdate_num, sessions_pa, flbs_pa = _LUO_SER.unpack(mem.read(phys, LUO_SER_SIZE))
-    compatible = _c_string(compatible_raw)
-    if compatible != LUO_ABI_COMPATIBLE:
-        raise IncompatibleFormat(f"luo_ser at {phys:#x}: compatible {compatible!r} is not {LUO_ABI_COMPATIBLE!r}", phys)
-
-    blocks: dict[int, str] = {}
+    blocks = {} if blocks is None else blocks
     session_list = read_block_list(mem, sessions_pa, SESSION_SER_SIZE, "LUO session list", blocks)
     sessions: list[LuoSession] = []
     names: set[str] = set()
@@ -183,6 +184,25 @@ def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> 
                     files_pa,
                 )
         sessions.append(session)
+    return sessions, session_list.pages
+
+
+def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> LuoState:
+    """Decodes ``struct luo_ser`` at ``phys`` (``blob_size`` from the FDT sub-node, if known) and its lists.
+
+    Checks: blob size, ``compatible``, every block list (see :func:`read_block_list`) and that no two lists share a
+    block, each session's file count against its blocks, unique session names, the FLB pages inside memory and the
+    FLB entry count against their number.
+    """
+    if blob_size is not None and blob_size < LUO_SER_SIZE:
+        raise TruncatedData(f"LUO blob at {phys:#x} is {blob_size} bytes, less than luo_ser ({LUO_SER_SIZE})", phys)
+    compatible_raw, liveupdate_num, sessions_pa, flbs_pa = _LUO_SER.unpack(mem.read(phys, LUO_SER_SIZE))
+    compatible = _c_string(compatible_raw)
+    if compatible != LUO_ABI_COMPATIBLE:
+        raise IncompatibleFormat(f"luo_ser at {phys:#x}: compatible {compatible!r} is not {LUO_ABI_COMPATIBLE!r}", phys)
+
+    blocks: dict[int, str] = {}
+    sessions, session_block_pages = decode_session_list(mem, sessions_pa, blocks)
 
     flbs: list[LuoFlb] = []
     pgcnt = 0
@@ -203,7 +223,7 @@ def decode_luo(mem: PhysicalMemory, phys: int, blob_size: int | None = None) -> 
             )
         raw = mem.read(flbs_pa + _FLB_HEADER_SER.size, count * FLB_SER_SIZE)
         flbs = [LuoFlb.unpack(raw[i * FLB_SER_SIZE : (i + 1) * FLB_SER_SIZE]) for i in range(count)]
-    return LuoState(phys, compatible, liveupdate_num, sessions_pa, flbs_pa, sessions, flbs, pgcnt, session_list.pages)
+    return LuoState(phys, compatible, liveupdate_num, sessions_pa, flbs_pa, sessions, flbs, pgcnt, session_block_pages)
 
 
 def encode_luo(

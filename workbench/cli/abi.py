@@ -57,10 +57,14 @@ def abi() -> None:
 def decode(ram, ram_size, vmcore, fdt_phys, fdt_file, no_memory_map, lenient, check_encoders, as_json) -> None:
     """Decodes the handover in a memory image: KHO FDT, preserved folios, LUO sessions and files, memfds.
 
-    A dump taken before the kexec reboot has no sessions yet (LUO serializes them in the reboot path); one taken
-    at machine_kexec (workbench.lab.capture) has everything.
+    Every KHO FDT in memory is decoded and labelled from its kexec metadata (the running kernel's outgoing
+    handover, the incoming one it was handed, older ones); the one reported is named with the reason. The summary
+    says which moment of the live update the bytes show: a dump taken before the kexec reboot has no sessions yet
+    (LUO serializes them in the reboot path), one taken at machine_kexec (workbench.lab.capture) has everything,
+    and in the next kernel the incoming preserved-memory map was consumed at boot, so it is not checked against.
     """
-    from workbench.abi import AbiError, AmbiguousHandover, ElfVmcore, RawRamFile, decode_fdt_blob, decode_handover
+    from workbench.abi import AbiError, AmbiguousHandover, ElfVmcore, RawRamFile, decode_fdt_blob
+    from workbench.abi.handovers import decode_handovers, fdt_address
     from workbench.cli.output import emit_frame, emit_json, fail
 
     if (ram is None) == (vmcore is None):
@@ -73,14 +77,22 @@ def decode(ram, ram_size, vmcore, fdt_phys, fdt_file, no_memory_map, lenient, ch
         try:
             if fdt_file:
                 blob = Path(fdt_file).read_bytes()
-                handover = decode_fdt_blob(blob, mem, fdt_phys, memory_map=not no_memory_map, strict=not lenient)
+                if fdt_phys is None:  # the blob's own FDT in memory, which the others can be told apart from
+                    fdt_phys = fdt_address(mem, blob)
+                if fdt_phys is None:  # a cut-short blob (7.2's kho/out/fdt) names its complete FDT in memory
+                    fdt_phys = decode_fdt_blob(blob, mem, memory_map=False, strict=False).fdt.phys
+            if fdt_file and fdt_phys is None:
+                handover = decode_fdt_blob(blob, mem, memory_map=not no_memory_map, strict=not lenient)
+                handovers, why = [], "the FDT blob given (not found in memory)"
             else:
-                handover = decode_handover(mem, fdt_phys, memory_map=not no_memory_map, strict=not lenient)
+                found = decode_handovers(mem, fdt_phys, memory_map=not no_memory_map, strict=not lenient)
+                handover, handovers, why = found.chosen, found.labelled(), found.why
         except AmbiguousHandover as exc:
             fail(f"{exc} with --fdt-phys")
         except AbiError as exc:
             fail(f"the handover cannot be decoded: {exc}")
         report = _report(handover)
+        report["summary"]["fdt_choice"] = why
         encoders = None
         if check_encoders:
             from workbench.abi.encoder_check import compare_with_encoders
@@ -91,13 +103,23 @@ def decode(ram, ram_size, vmcore, fdt_phys, fdt_file, no_memory_map, lenient, ch
                 fail(f"cannot compare with the encoders: {exc}")
     if as_json:
         out = {k: (v.to_dict(orient="records") if hasattr(v, "to_dict") else v) for k, v in report.items()}
+        out["handovers"] = handovers
         if encoders is not None:
             out["encoders"] = encoders.to_dict(orient="records")
             out["encoders_identical"] = bool((encoders["differing_bytes"] == 0).all())
         emit_json(out)
         return
+    if len(handovers) > 1:
+        click.echo(f"{len(handovers)} KHO FDTs in memory:")
+        for h in handovers:
+            mark = "*" if h["chosen"] else " "
+            click.echo(f" {mark} {h['fdt_phys']:#x}: {h['role']} ({h['role_reason']}), moment {h['summary']['moment']}")
+        click.echo("")
     for key, value in report["summary"].items():
-        click.echo(f"{key}: {_hex(key, value)}")
+        if key == "moment_evidence":
+            click.echo(f"{key}:" + "".join(f"\n  - {line}" for line in value))
+        else:
+            click.echo(f"{key}: {_hex(key, value)}")
     for title in ("files", "memfds", "preserved_by_order", "unpreserved_references"):
         click.echo(f"\n{title.replace('_', ' ')}:")
         emit_frame(report[title])

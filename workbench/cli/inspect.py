@@ -17,14 +17,16 @@ def _open(qmp: str | None, vmcore: str | None, live: bool, vmlinux: str | None, 
     return open_live(vmlinux), {"target": "live"}
 
 
-_HEX_COLUMNS = ("address", "inode", "file", "serialized_data", "private_data", "ser_phys")
+_HEX_COLUMNS = ("address", "inode", "file", "serialized_data", "private_data", "ser_phys", "first_pfn")
 
 
 def _readable(frame):
+    import pandas as pd
+
     frame = frame.copy()
     for column in _HEX_COLUMNS:
         if column in frame.columns:
-            frame[column] = [hex(int(v)) if v == v and v is not None else "" for v in frame[column]]
+            frame[column] = [hex(int(v)) if v is not None and pd.notna(v) else "" for v in frame[column]]
     return frame
 
 
@@ -38,6 +40,12 @@ def _print_human(snap) -> None:
     )
     for note in source.get("notes") or []:
         click.echo(f"  note: {note}")
+    moment = snap.moment
+    if moment:
+        certain = "" if moment.get("moment_certain", True) else f" (one of {', '.join(moment['moment_possible'])})"
+        click.echo(f"\nmoment: {moment['moment']}{certain}")
+        for line in moment.get("moment_evidence", []):
+            click.echo(f"  - {line}")
     for title, name in (
         ("KHO", "kho_summary"),
         ("LUO sessions and files", "luo_summary"),
@@ -50,6 +58,20 @@ def _print_human(snap) -> None:
             click.echo(f"  (unavailable: {snap.errors.get(name, 'not read')})")
         else:
             emit_frame(_readable(frame))
+    pending = snap.tables.get("pending_incoming")
+    if pending is not None and len(pending):
+        from workbench.inspect.pending import DESERIALIZED_AT
+
+        click.echo(f"\nPending incoming sessions, from the handover bytes ({DESERIALIZED_AT}):")
+        emit_frame(_readable(pending))
+    agreement = snap.tables.get("agreement")
+    if agreement is not None and len(agreement):
+        from workbench.inspect.agreement import agreement_summary
+
+        verdict = agreement_summary(agreement)
+        said = {True: "they agree", False: "they DISAGREE", None: "nothing held by both"}[verdict["agree"]]
+        click.echo(f"\nKernel objects against handover bytes ({verdict['checked']} fact(s) in both: {said}):")
+        emit_frame(agreement)
     luo = snap.luo
     if luo:
         click.echo(

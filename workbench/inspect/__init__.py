@@ -8,6 +8,9 @@
   kexec metadata, a physical memory map
 * :mod:`~workbench.inspect.luo` — LUO state, sessions, files, file handlers, FLBs
 * :mod:`~workbench.inspect.memfd` — preserved memfds: inode, size, seals, folios
+* :mod:`~workbench.inspect.moment` — which moment of a live update the kernel is at, and the evidence
+* :mod:`~workbench.inspect.pending` — incoming sessions not yet deserialized, from the handover bytes
+* :mod:`~workbench.inspect.agreement` — kernel objects against handover bytes, fact by fact
 * :mod:`~workbench.inspect.plots` — the memory map and a sessions → files → folios sunburst
 
 The helpers follow drgn's conventions: they take a ``drgn.Program`` or ``drgn.Object``, name the C type of each
@@ -15,11 +18,14 @@ argument in their docstrings, iterate with ``for_each_*``, and check structure m
 """
 
 from workbench.inspect import errors
+from workbench.inspect.agreement import handover_agreement
 from workbench.inspect.debug_info import check_live_update_support, program_info
 from workbench.inspect.errors import *  # noqa: F403 (every error, listed in errors.__all__)
 from workbench.inspect.kho import kho_facts, kho_summary, memory_map, preserved_folios, scratch_areas
 from workbench.inspect.luo import luo_facts, luo_files, luo_sessions, luo_summary
 from workbench.inspect.memfd import preserved_memfd_folios, preserved_memfds
+from workbench.inspect.moment import live_update_moment
+from workbench.inspect.pending import pending_incoming_sessions
 from workbench.inspect.program import open_live, open_vm, open_vmcore
 from workbench.inspect.snapshot import Snapshot, snapshot
 
@@ -41,6 +47,9 @@ __all__ = [
     "luo_files",
     "preserved_memfds",
     "preserved_memfd_folios",
+    "live_update_moment",
+    "pending_incoming_sessions",
+    "handover_agreement",
     "Snapshot",
     "snapshot",
 ]

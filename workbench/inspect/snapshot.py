@@ -11,16 +11,22 @@ import drgn
 import pandas as pd
 
 from workbench.inspect import kho, luo, memfd
+from workbench.inspect.agreement import agreement_summary, handover_agreement
 from workbench.inspect.debug_info import program_info
+from workbench.inspect.moment import live_update_moment
+from workbench.inspect.pending import DESERIALIZED_AT, pending_incoming_sessions
 
 __all__ = ["Snapshot", "snapshot"]
 
 
 @dataclass
 class Snapshot:
-    """KHO/LUO/memfd state of one kernel. ``tables`` has ``kho_summary``, ``scratch``, ``preserved``
-    (pfn, order), ``memory_map``, ``luo_summary``, ``sessions``, ``files``, ``file_handlers``, ``flbs``,
-    ``memfds`` and ``memfd_folios``; ``errors`` names the parts that could not be read."""
+    """KHO/LUO/memfd state of one kernel at one moment of a live update. ``moment`` holds the moment's fields
+    (:func:`~workbench.inspect.moment.live_update_moment`); ``tables`` has ``kho_summary``, ``scratch``,
+    ``preserved`` (pfn, order), ``memory_map``, ``luo_summary``, ``sessions``, ``files``, ``file_handlers``,
+    ``flbs``, ``memfds``, ``memfd_folios``, ``pending_incoming`` (sessions handed over and not yet deserialized,
+    from the handover bytes) and ``agreement`` (kernel objects against handover bytes); ``errors`` names the parts
+    that could not be read."""
 
     source: dict[str, Any]
     kho: dict[str, Any]
@@ -28,18 +34,27 @@ class Snapshot:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    moment: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready digest: source, KHO facts, LUO facts, memfds, errors."""
+        """A JSON-ready digest: the moment and its evidence, source, KHO facts, LUO facts, memfds, the pending
+        incoming sessions, the agreement of kernel objects and bytes, errors."""
         memfds = self.tables.get("memfds")
-        return {
+        pending = self.tables.get("pending_incoming")
+        out = {
+            **self.moment,
             "source": {k: v for k, v in self.source.items() if k != "description"},
             "kho": self.kho,
             "luo": self.luo,
             "memfds": memfds.to_dict("records") if memfds is not None else [],
+            "pending_incoming": pending.to_dict("records") if pending is not None else [],
+            "agreement": agreement_summary(self.tables.get("agreement")),
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
         }
+        if pending is not None and len(pending):
+            out["pending_incoming_note"] = DESERIALIZED_AT
+        return out
 
 
 def snapshot(prog: drgn.Program, *, memory: bool = True, free: bool = True) -> Snapshot:
@@ -49,18 +64,22 @@ def snapshot(prog: drgn.Program, *, memory: bool = True, free: bool = True) -> S
     :param memory: include the physical memory map (``memory_map`` table)
     :param free: walk the buddy free lists for the memory map
     """
+    # imported here: workbench.abi compiles numba kernels on import, which an unprivileged process cannot cache
+    from workbench.abi.errors import AbiError
+
     t0 = time.monotonic()
     snap = Snapshot(source=program_info(prog), kho={}, luo={})
 
     def attempt(name: str, compute):
         try:
             return compute()
-        except (drgn.FaultError, LookupError, ValueError, RuntimeError) as exc:
+        except (drgn.FaultError, LookupError, ValueError, RuntimeError, AbiError) as exc:
             snap.errors[name] = f"{type(exc).__name__}: {exc}"
             return None
 
     snap.kho = attempt("kho", lambda: kho.kho_facts(prog)) or {}
     snap.luo = attempt("luo", lambda: luo.luo_facts(prog)) or {}
+    snap.moment = attempt("moment", lambda: live_update_moment(prog)) or {}
     producers = {
         "kho_summary": lambda: kho.kho_summary(prog),
         "scratch": lambda: kho.scratch_areas(prog),
@@ -72,6 +91,7 @@ def snapshot(prog: drgn.Program, *, memory: bool = True, free: bool = True) -> S
         "flbs": lambda: luo.luo_flbs(prog),
         "memfds": lambda: memfd.preserved_memfds(prog),
         "memfd_folios": lambda: memfd.preserved_memfd_folios(prog),
+        "pending_incoming": lambda: pending_incoming_sessions(prog),
     }
     if memory:
         producers["memory_map"] = lambda: kho.memory_map(prog, free=free)
@@ -79,5 +99,8 @@ def snapshot(prog: drgn.Program, *, memory: bool = True, free: bool = True) -> S
         table = attempt(name, compute)
         if table is not None:
             snap.tables[name] = table
+    agreement = attempt("agreement", lambda: handover_agreement(prog, preserved=snap.tables.get("preserved")))
+    if agreement is not None:
+        snap.tables["agreement"] = agreement
     snap.seconds = time.monotonic() - t0
     return snap
