@@ -152,6 +152,7 @@ def test_real_vmcore_shows_preserved_pages_the_session_and_figures(inspection, l
     assert {"kho_summary", "luo_summary", "memory_map"} <= set(record.table_names)
     assert record.result["kho"]["preserved_pages"] == int(kho["preserved_pages"])
     assert "ready: vmcore" in controller.describe() and controller.record_id in controller.describe()
+    assert "moment preserved" in controller.describe()  # the dump was taken after preserve
 
     controller.refresh()  # the same dump again
     assert controller.wait(900) == "ready"

@@ -261,6 +261,9 @@ class InspectorController(Observable):
             f"release {source.get('release')}",
             f"vmlinux {source.get('vmlinux')}",
         ]
+        moment = self.snapshot.moment if self.snapshot is not None else {}
+        if moment.get("moment"):
+            parts.append(f"moment {moment['moment']}" + ("" if moment.get("moment_certain", True) else " (uncertain)"))
         if self.seconds is not None:
             parts.append(f"read in {self.seconds:.1f} s")
         if self.record_id:
