@@ -22,7 +22,7 @@ def test_options_a_target_does_not_have_are_refused_by_name():
 
 def test_unknown_target_names_the_known_ones():
     assert {"qemu", "ssh"} <= set(target_names())
-    with pytest.raises(UnknownName, match="unknown target 'vm': use qemu or ssh"):
+    with pytest.raises(UnknownName, match="unknown target .vm.: use guest or qemu or ssh"):
         target_class("vm")
 
 

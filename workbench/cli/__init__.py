@@ -24,6 +24,7 @@ def _add_optional_commands() -> None:
 
     for module, name in (
         ("workbench.cli.kernel", "kernel"),
+        ("workbench.cli.guest", "guest"),
         ("workbench.cli.cycle", "cycle"),
         ("workbench.cli.bench", "bench"),
         ("workbench.cli.inspect", "inspect"),

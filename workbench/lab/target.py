@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Target", "register", "target_class", "target_names", "parse_targets"]
 
-_BUILTIN = {"qemu": "workbench.lab.qemu_target", "ssh": "workbench.lab.ssh.target"}
+_BUILTIN = {
+    "qemu": "workbench.lab.qemu_target",
+    "ssh": "workbench.lab.ssh.target",
+    "guest": "workbench.lab.guest.target",
+}
 _REGISTRY: dict[str, type[Target]] = {}
 
 

@@ -12,26 +12,7 @@ else
   suites=(sid experimental)
 fi
 
-mirror_uri() {
-  local f uri
-  if [ -n "${WORKBENCH_DEBIAN_MIRROR:-}" ]; then
-    echo "$WORKBENCH_DEBIAN_MIRROR"; return
-  fi
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] || continue
-    uri=$(awk 'tolower($1)=="uris:" {print $2; exit}' "$f")
-    if [ -n "$uri" ] && ! grep -qi 'security' <<<"$uri" && awk 'tolower($1)=="suites:"' "$f" | grep -qvi security; then
-      echo "$uri"; return
-    fi
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -e "$f" ] || continue
-    uri=$(awk '$1=="deb" && $0 !~ /security/ { for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit} }' "$f")
-    if [ -n "$uri" ]; then echo "$uri"; return; fi
-  done
-}
-
-uri=$(mirror_uri)
+uri=$(bash "$(dirname "$0")/debian-mirror.sh") || uri=""
 if [ -z "$uri" ]; then
   echo "workbench: no Debian mirror found in /etc/apt/sources.list{,.d}; add one, or put linux-source-$version*.deb in $dest" >&2
   exit 1

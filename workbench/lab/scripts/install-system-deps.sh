@@ -5,9 +5,11 @@ set -euo pipefail
 
 packages=(
   build-essential bc flex bison libelf-dev libssl-dev dwarves cpio xz-utils zstd rsync ccache patch
-  qemu-system-x86 qemu-utils kexec-tools busybox-static
+  qemu-system-x86 qemu-utils kexec-tools makedumpfile busybox-static
   openssh-server openssh-client criu
+  mmdebstrap
   chromium fonts-dejavu-core
+  redis-server redis-tools
 )
 
 missing=()

@@ -1,0 +1,42 @@
+"""The ``guest`` target: its spec and options, its record, and the refusal of cycles until a workload runs in the
+guest (no VM)."""
+
+from __future__ import annotations
+
+import pytest
+
+import workbench.lab.guest.target  # noqa: F401 (registers the target)
+from workbench.lab.errors import InvalidCycle
+from workbench.lab.guest.target import DEFAULT_GUEST, GuestTarget
+from workbench.lab.params import CycleParams
+from workbench.lab.qemu_target import QemuTarget
+from workbench.lab.target import parse_targets, target_class
+from workbench.lab.workloads.memfd import MemfdWorkload
+
+
+def test_registered_by_name_beside_qemu_whose_default_is_unchanged():
+    assert target_class("guest") is GuestTarget
+    assert target_class("qemu") is QemuTarget
+    assert "guest" not in QemuTarget.option_names()
+
+
+def test_spec_names_the_guest_and_takes_the_qemu_options():
+    (default,) = parse_targets("guest")
+    assert default.guest == DEFAULT_GUEST == "debian-sid"
+    (named,) = parse_targets("guest:debian-trixie", kernel="7.3", cpus=1)
+    assert (named.guest, named.kernel, named.cpus) == ("debian-trixie", "7.3", 1)
+    with pytest.raises(InvalidCycle, match="has no option sessions"):
+        parse_targets("guest", sessions=2)
+
+
+def test_record_params_add_the_guest_to_qemus():
+    params = GuestTarget(kernel="7.2", guest="debian-sid").record_params()
+    assert params["guest"] == "debian-sid" and params["kernel"] == "7.2" and "cpus" in params
+
+
+def test_cycles_are_refused_until_a_workload_runs_in_the_guest():
+    target = GuestTarget()
+    with pytest.raises(InvalidCycle, match="runs on the qemu and ssh targets only, not guest"):
+        target.validate(MemfdWorkload(), CycleParams())
+    with pytest.raises(InvalidCycle, match="no workload runs in the debian-sid guest yet"):
+        target.runner(MemfdWorkload(), CycleParams(), None, None, None, None)
