@@ -18,6 +18,7 @@ for _module, _name in (
     ("workbench.cli.bench_metadata", "metadata_cmd"),
     ("workbench.cli.bench_model", "model_cmd"),
     ("workbench.cli.bench_blackout", "blackout_cmd"),
+    ("workbench.cli.bench_preload", "preload_cmd"),
 ):
     try:
         bench.add_command(getattr(importlib.import_module(_module), _name))
