@@ -12,7 +12,15 @@ import time
 import pandas as pd
 import pytest
 
-from workbench.records import CorruptRecord, RecordStore, RecordStoreError, RunNotFound, write_json_atomic
+from workbench.records import (
+    FORMAT_VERSION,
+    AmbiguousRunId,
+    CorruptRecord,
+    RecordStore,
+    RecordStoreError,
+    RunNotFound,
+    write_json_atomic,
+)
 
 
 @pytest.fixture
@@ -170,6 +178,79 @@ def test_foreign_sqlite_database_gives_clear_error(tmp_path):
     db.close()
     with pytest.raises(RecordStoreError, match="not a workbench record store"):
         RecordStore(data).list()
+
+
+def _store_with_meta(tmp_path, meta: dict[str, str]):
+    """A data folder whose record store is SQLite with workbench-like tables and this ``meta``; returns the folder
+    and the database's bytes, to check that nothing was written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "records.sqlite")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("CREATE TABLE runs_v2 (id TEXT PRIMARY KEY, payload BLOB)")
+    db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    db.execute("INSERT INTO runs_v2 VALUES ('20261129-000000-aaaaaa', x'00')")
+    db.commit()
+    db.close()
+    return data, (data / "records.sqlite").read_bytes()
+
+
+def test_a_store_of_a_newer_format_says_to_upgrade_and_is_left_as_it_is(tmp_path):
+    newer = str(FORMAT_VERSION + 1)
+    data, before = _store_with_meta(tmp_path, {"format": "live-update-workbench-records", "version": newer})
+    store = RecordStore(data)
+    for read in (store.list, lambda: store.get("aaaaaa"), lambda: store.run("k", {}).__enter__()):
+        with pytest.raises(RecordStoreError) as info:
+            read()
+        assert f"newer workbench (records format {newer}; this one reads up to {FORMAT_VERSION})" in str(info.value)
+        assert "Upgrade the workbench" in str(info.value) and "WORKBENCH_DATA" in str(info.value)
+    assert (data / "records.sqlite").read_bytes() == before
+    assert sorted(p.name for p in data.iterdir()) == ["records.sqlite"]  # no journal, no runs folder
+
+
+@pytest.mark.parametrize(
+    ("meta", "says"),
+    [
+        ({"format": "someone-elses-records", "version": "1"}, "holds 'someone-elses-records', not workbench records"),
+        ({"format": "live-update-workbench-records", "version": "one"}, "names no format version"),
+    ],
+)
+def test_a_store_of_a_foreign_format_is_refused_with_what_to_do(tmp_path, meta, says):
+    data, before = _store_with_meta(tmp_path, meta)
+    with pytest.raises(RecordStoreError, match="Move it away, or point WORKBENCH_DATA elsewhere") as info:
+        RecordStore(data).list()
+    assert says in str(info.value)
+    assert (data / "records.sqlite").read_bytes() == before
+
+
+def test_an_ambiguous_id_lists_the_runs_it_could_mean(store):
+    ids = []
+    for _ in range(3):
+        with store.run("k", {}) as run:
+            ids.append(run.id)
+    shared = os.path.commonprefix(ids)
+    with pytest.raises(AmbiguousRunId) as info:
+        store.get(shared)
+    assert info.value.candidates == sorted(ids)
+    assert str(info.value).startswith(f"{shared!r} names 3 runs: {', '.join(sorted(ids))}; give more of the id")
+    assert isinstance(info.value, RunNotFound)  # callers that catch a missing run catch this one too
+    assert store.get(ids[1][-6:].upper()).id == ids[1]  # an id's unique tail still finds it, in any case
+    with pytest.raises(RunNotFound) as missing:
+        store.get("%")  # a LIKE wildcard is a character here, not "anything"
+    assert not isinstance(missing.value, AmbiguousRunId)
+
+
+def test_the_cli_lists_the_candidates_of_an_ambiguous_id(tmp_path):
+    store = RecordStore(tmp_path / "data")
+    ids = []
+    for _ in range(2):
+        with store.run("k", {}) as run:
+            ids.append(run.id)
+    shared = os.path.commonprefix(ids)
+    argv = [sys.executable, "-m", "workbench.cli", "records", "show", shared, "--data", str(tmp_path / "data")]
+    out = subprocess.run(argv, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"names 2 runs: {', '.join(sorted(ids))}; give more of the id" in out.stderr
 
 
 def test_corrupted_run_leaves_others_readable(store):

@@ -43,6 +43,7 @@ __all__ = [
     "ActiveRun",
     "RecordStoreError",
     "RunNotFound",
+    "AmbiguousRunId",
     "CorruptRecord",
     "default_data_dir",
     "open_store",
@@ -91,6 +92,22 @@ class RecordStoreError(RuntimeError):
 class RunNotFound(KeyError):
     def __str__(self) -> str:
         return f"no run with id {self.args[0]!r} in this record store (see `workbench records list`)"
+
+
+class AmbiguousRunId(RunNotFound):
+    """A shortened run id that several runs' ids contain; ``candidates`` lists them in id order (by start time, to
+    the second)."""
+
+    def __init__(self, run_id: str, candidates: Sequence[str]):
+        super().__init__(run_id)
+        self.candidates = list(candidates)
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.candidates[:20]) + (", ..." if len(self.candidates) > 20 else "")
+        return (
+            f"{self.args[0]!r} names {len(self.candidates)} runs: {shown}; give more of the id "
+            f"(see `workbench records list`)"
+        )
 
 
 class CorruptRecord(RecordStoreError):
@@ -281,11 +298,19 @@ class RecordStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise RecordStoreError(f"{self.path} cannot be opened ({exc}); check the folder and its rights.") from exc
+        try:
             db.execute("PRAGMA busy_timeout = 60000")
+            self._check_format(db)  # before anything is written: a store this code cannot read stays as it is
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             db.execute("PRAGMA synchronous = NORMAL" if mode == "wal" else "PRAGMA synchronous = FULL")
             self._init_schema(db)
+        except RecordStoreError:
+            db.close()
+            raise
         except sqlite3.DatabaseError as exc:
+            db.close()
             raise RecordStoreError(
                 f"{self.path} is not a workbench record store ({exc}). Move it away, or point "
                 f"WORKBENCH_DATA at another folder."
@@ -293,27 +318,53 @@ class RecordStore:
         self._local.db = db
         return db
 
+    def _check_format(self, db: sqlite3.Connection) -> None:
+        """Raises :class:`RecordStoreError` saying what to do when the database holds something other than
+        workbench records, or records of a newer format than this code reads. Only reads."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return
+        if "meta" not in tables:
+            raise RecordStoreError(
+                f"{self.path} is an SQLite database but not a workbench record store "
+                f"(it has tables {sorted(tables)}). Move it away, or point WORKBENCH_DATA elsewhere."
+            )
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            raise RecordStoreError(
+                f"{self.path} has a meta table that is not a workbench record store's ({exc}). Move it away, or "
+                f"point WORKBENCH_DATA elsewhere."
+            ) from exc
+        if not meta:
+            return  # created by a process that has not written its format yet; _init_schema completes it
+        if meta.get("format") != FORMAT_NAME:
+            raise RecordStoreError(
+                f"{self.path} holds {meta.get('format')!r}, not workbench records ({FORMAT_NAME!r}). Move it away, "
+                f"or point WORKBENCH_DATA elsewhere."
+            )
+        version = str(meta.get("version", ""))
+        if not version.isdigit():
+            raise RecordStoreError(
+                f"{self.path} names no format version this workbench knows ({version!r}). Move it away, or point "
+                f"WORKBENCH_DATA elsewhere."
+            )
+        if int(version) > FORMAT_VERSION:
+            raise RecordStoreError(
+                f"{self.path} was written by a newer workbench (records format {version}; this one reads up to "
+                f"{FORMAT_VERSION}) and was left as it is. Upgrade the workbench to read it, or point WORKBENCH_DATA "
+                f"at another folder."
+            )
+
     def _init_schema(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and "meta" not in tables:
-                raise RecordStoreError(
-                    f"{self.path} is an SQLite database but not a workbench record store "
-                    f"(it has tables {sorted(tables)}). Move it away, or point WORKBENCH_DATA elsewhere."
-                )
+            self._check_format(db)
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
                     db.execute(statement)
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if not meta:
+            if not db.execute("SELECT 1 FROM meta").fetchone():
                 db.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT_NAME, FORMAT_VERSION))
-            elif meta.get("format") != FORMAT_NAME:
-                raise RecordStoreError(f"{self.path} holds {meta.get('format')!r}, not workbench records.")
-            elif int(meta.get("version", 0)) > FORMAT_VERSION:
-                raise RecordStoreError(
-                    f"{self.path} was written by a newer workbench (format {meta['version']}); upgrade to read it."
-                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -436,10 +487,13 @@ class RecordStore:
         db = self._connect()
         row = db.execute(f"SELECT {self._COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            matches = db.execute("SELECT id FROM runs WHERE id LIKE ?", (f"%{run_id}%",)).fetchall()
-            if len(matches) != 1:
+            query = "SELECT id FROM runs WHERE instr(lower(id), lower(?)) > 0 ORDER BY id"
+            matches = [r[0] for r in db.execute(query, (run_id,))]
+            if len(matches) > 1:
+                raise AmbiguousRunId(run_id, matches)
+            if not matches:
                 raise RunNotFound(run_id)
-            return self.get(matches[0][0])
+            return self.get(matches[0])
         names = [r[0] for r in db.execute("SELECT name FROM tables WHERE run_id = ? ORDER BY name", (row[0],))]
         return self._record(row, names)
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.lab.test_qemu import FAKE_QEMU
 from workbench.lab import accel
-from workbench.lab.accel import AccelChoice, choose_accelerator, probe_kvm
+from workbench.lab.accel import AccelChoice, choose_accelerator, probe_failure_detail, probe_kvm
 
 # before the fake proper: note the arguments of each run, and print what QEMU would print on its stderr
 RECORDING = """
@@ -110,7 +110,47 @@ def test_a_silent_probe_says_there_was_no_output_or_what_qemu_printed(qemu, tmp_
     monkeypatch.setenv("FAKE_QEMU_STDERR", "KVM internal error. Suberror: 1\nemulation failure")
     failed = probe_kvm(kernel, initrd, timeout_s=1)
     assert failed.accel == "tcg"
-    assert failed.reason.endswith("within 1 s (KVM internal error. Suberror: 1\nemulation failure)")
+    assert failed.reason.endswith(
+        "within 1 s (QEMU printed: KVM internal error. Suberror: 1 | emulation failure; no console output at all)"
+    )
+
+
+# what QEMU prints for every server socket it waits on: informational, never the reason a guest failed
+CHATTER = (
+    "qemu-system-x86_64: -chardev socket,id=ser0,path=/tmp/wbvm-x/serial,server=on,wait=on: info: QEMU waiting "
+    "for connection on: disconnected:unix:/tmp/wbvm-x/serial,server=on"
+)
+
+
+@needs_kvm
+def test_the_reason_of_a_failed_probe_is_what_failed_not_qemus_chatter(qemu, tmp_path, monkeypatch):
+    kernel, initrd = _kernel(tmp_path)
+    _console(monkeypatch, "Linux version 7.2.13-lab\r\n", "Decompressing Linux... Parsing ELF... \r\n")
+    monkeypatch.setenv("FAKE_QEMU_STDERR", CHATTER)
+    stalled = probe_kvm(kernel, initrd, timeout_s=1)
+    assert stalled.accel == "tcg" and "waiting for connection" not in stalled.reason
+    assert stalled.reason == (
+        "/dev/kvm exists but Linux did not boot under KVM within 1 s (last console output: Linux version 7.2.13-lab "
+        "| Decompressing Linux... Parsing ELF...)"
+    )
+    monkeypatch.setenv("FAKE_QEMU_STDERR", f"{CHATTER}\nKVM internal error. Suberror: 1\n{CHATTER}")
+    crashed = probe_kvm(kernel, initrd, timeout_s=1)
+    assert "waiting for connection" not in crashed.reason
+    assert crashed.reason.endswith(
+        "(QEMU printed: KVM internal error. Suberror: 1; last console output: Linux version 7.2.13-lab | "
+        "Decompressing Linux... Parsing ELF...)"
+    )
+
+
+def test_the_failure_detail_keeps_qemus_errors_and_the_console_tail():
+    assert probe_failure_detail("", "") == "no console output at all"
+    assert probe_failure_detail("", f"{CHATTER}\ninfo: something routine\n") == "no console output at all"
+    long_console = "x" * 500 + "\nearly panic\n"
+    assert probe_failure_detail(long_console, "") == f"last console output: {'x' * 187} | early panic"
+    detail = probe_failure_detail("booting\n", "qemu-system-x86_64: failed to initialize kvm: Permission denied\n")
+    assert detail == (
+        "QEMU printed: qemu-system-x86_64: failed to initialize kvm: Permission denied; last console output: booting"
+    )
 
 
 @needs_kvm

@@ -184,6 +184,67 @@ def test_manifest_fields_round_trip(tmp_path):
     assert lab.name == "7.3" and lab.bzimage == path / "bzImage"
 
 
+# Before FAKE_MAKE: a compile that fails (FAKE_MAKE_FAIL=compile), or an olddefconfig that drops KHO, as a missing
+# dependency would (FAKE_MAKE_FAIL=config).
+FAILING = r"""
+last=${@: -1}
+if [ "$FAKE_MAKE_FAIL" = compile ] && [ "$last" = bzImage ]; then
+  echo "$*" >> "$FAKE_MAKE_LOG"
+  echo "  CC      kernel/a.o"
+  echo "kernel/a.c:3:9: error: expected ';' before '}' token"
+  exit 2
+fi
+if [ "$FAKE_MAKE_FAIL" = config ] && [ "$last" = olddefconfig ]; then
+  for a in "$@"; do case "$a" in O=*) sed -i '/CONFIG_KEXEC_HANDOVER=/d' "${a#O=}/.config" ;; esac; done
+fi
+"""
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        ("compile", r"the kernel build failed \(exit 2\); see .*/build\.log"),
+        ("config", "did not survive olddefconfig .*CONFIG_KEXEC_HANDOVER"),
+    ],
+)
+def test_a_failed_build_leaves_no_kernel_in_the_cache_and_the_next_resolve_builds_again(
+    cache, tmp_path, monkeypatch, failure, error
+):
+    shared = fake_source_tree(
+        cache / "live-update-workbench" / "src" / "linux-source-7.2",
+        {"kernel/configs/kvm_guest.config": "CONFIG_KVM_GUEST=y\n", "scripts/kconfig/merge_config.sh": FAKE_MERGE},
+    )
+    (shared / "scripts/kconfig/merge_config.sh").chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(FAKE_MAKE.replace("\n", f"\n{FAILING}\n", 1))
+    (bin_dir / "make").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MAKE_LOG", str(tmp_path / "make.log"))
+    monkeypatch.setenv("FAKE_MAKE_FAIL", failure)
+    monkeypatch.setattr(K, "ensure_system_packages", lambda: None)
+    monkeypatch.setattr(K, "source_tree", lambda version, log: shared)
+
+    with pytest.raises(K.KernelBuildError, match=error):
+        K.resolve_kernel("7.2", progress=False)
+    assert K.list_kernels() == [] and K.cached_kernel("7.2") is None
+    with pytest.raises(K.KernelBuildError, match="the kernel 7.2 is not built"):
+        K.resolve_kernel("7.2", build=False)
+    kernels = cache / "live-update-workbench" / "kernels"
+    (left,) = [p for p in kernels.iterdir() if not p.name.startswith(".lock-")]
+    assert not (left / "manifest.json").exists() and not (left / "bzImage").exists()  # its log only, not a kernel
+    if failure == "compile":
+        assert "error: expected ';'" in (left / "build.log").read_text()
+
+    monkeypatch.delenv("FAKE_MAKE_FAIL")
+    lab = K.resolve_kernel("7.2", progress=False)
+    assert lab.path == left and (lab.path / "manifest.json").exists() and lab.bzimage.read_text() == "bz\n"
+    assert "error: expected" not in (lab.path / "build.log").read_text()  # the failed build's leftovers are gone
+    assert [k.path for k in K.list_kernels()] == [lab.path]
+    targets = [c.split()[-1] for c in (tmp_path / "make.log").read_text().splitlines()]
+    assert targets.count("olddefconfig") == 2  # built again from the start, nothing taken from the failed build
+
+
 @pytest.mark.lab
 def test_built_kernel_has_every_option_and_kho(lab_kernel):
     assert K.missing_options(K.FRAGMENT.read_text(), lab_kernel.config_file.read_text()) == []

@@ -76,3 +76,19 @@ def test_untrusted_json_is_bounded_and_checked(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(ValueError, match="holds a JSON list, not an object"):
         read_json(listed)
+
+
+def test_read_json_follows_no_symlink_and_reads_only_regular_files(tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text('{"workload": "memfd"}')
+    (tmp_path / "request.json").symlink_to(real)
+    with pytest.raises(ValueError, match=r"request\.json is a symlink"):
+        read_json(tmp_path / "request.json")
+    os.mkfifo(tmp_path / "fifo.json")  # no writer: a read that waited for one would never end
+    with pytest.raises(ValueError, match=r"fifo\.json is not a regular file"):
+        read_json(tmp_path / "fifo.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=r"deep\.json is not JSON"):
+        read_json(tmp_path / "deep.json")
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "absent.json")

@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from workbench.lab.results import COLUMNS, cycles_table
 
@@ -198,3 +200,36 @@ def test_no_results_is_an_empty_table_with_the_columns():
     table = cycles_table([])
     assert table.empty and list(table.columns) == list(COLUMNS)
     assert pd.api.types.is_float_dtype(table["downtime_s"])
+
+
+def test_fields_of_the_wrong_type_are_empty_not_errors():
+    # a workload's part of a result comes from the agent's files: whatever their types, the table is built
+    odd = {
+        "memfds": [_memfd(0, 8192), "not a memfd", {**_memfd(1, 8192), "differing_count": "2"}],
+        "pages_checked": "4",
+        "blackout_s": True,
+        "criu": {"counter": [1, 2], "lazy_pages": "none", "image_bytes": 10},
+        "phases": ["prepare"],
+        "downtime_breakdown": {"freeze": "slow", 3: 0.5},
+        "conversions": {"0": {}},
+    }
+    row = cycles_table([odd]).iloc[0]
+    assert row["memfds"] == 2 and row["data_bytes"] == 16384 and math.isnan(row["differing_pages"])
+    assert math.isnan(row["pages_checked"]) and math.isnan(row["blackout_s"]) and math.isnan(row["conversions"])
+    assert row["image_bytes"] == 10 and math.isnan(row["criu_counter_later"])
+    assert math.isnan(row["downtime_freeze_s"]) and row["downtime_3_s"] == 0.5
+    assert not any(c.startswith("phase_") for c in row.index)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+result_keys = st.sampled_from([*COLUMNS, "memfds", "criu", "phases", "blackout_breakdown", "downtime_breakdown"])
+
+
+@given(st.lists(st.dictionaries(result_keys, json_values, max_size=10), max_size=3))
+def test_any_json_result_makes_a_table_with_every_column(results):
+    table = cycles_table(results)
+    assert len(table) == len(results) and list(table.columns[: len(COLUMNS)]) == list(COLUMNS)

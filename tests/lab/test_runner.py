@@ -10,10 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from tests.lab.ssh.conftest import LocalSshd
+from tests.lab.test_share_files import state_like
 from workbench.jsonfile import write_json_atomic
-from workbench.lab.errors import CycleCancelled, CycleFailed, CycleTimedOut, TargetLost
+from workbench.lab.errors import (
+    CycleCancelled,
+    CycleFailed,
+    CycleTimedOut,
+    ShareFileError,
+    ShareFileMalformed,
+    TargetLost,
+    Unverified,
+)
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, format_mark
 from workbench.lab.qemu import SerialLine
@@ -287,15 +297,51 @@ def test_read_state_checks_the_agents_file(runner):
     write_json_atomic(runner.results / "prepare.json", {"session": "wb-test", "phases": {"prepare": 0.5}})
     assert runner.read_state("prepare") == {"session": "wb-test", "phases": {"prepare": 0.5}}
     runner.phase = "verify"
-    with pytest.raises(CycleFailed, match=r"the agent's restore\.json cannot be read: .*No such file") as caught:
+    with pytest.raises(CycleFailed, match=r"the agent's restore\.json cannot be used: .* is missing") as caught:
         runner.read_state("restore")
-    assert caught.value.phase == "verify"
+    assert caught.value.phase == "verify" and isinstance(caught.value.__cause__, ShareFileError)
     (runner.results / "restore.json").write_text('["not", "an", "object"]')
-    with pytest.raises(CycleFailed, match=r"restore\.json cannot be read: .* holds a JSON list, not an object"):
+    with pytest.raises(CycleFailed, match=r"restore\.json cannot be used: .* holds a JSON array, not an object"):
         runner.read_state("restore")
     (runner.results / "restore.json").write_text('{"verified": tru')
-    with pytest.raises(CycleFailed, match=r"restore\.json cannot be read: .* is not JSON"):
+    with pytest.raises(CycleFailed, match=r"restore\.json cannot be used: .* is not JSON"):
         runner.read_state("restore")
+
+
+def test_a_state_file_of_the_wrong_shape_fails_the_cycle_naming_the_file_and_the_field(runner):
+    restore = {"verified": True, "finished": True, "memfds": [_memfd(0, []), {**_memfd(1, []), "size": "8192"}]}
+    write_json_atomic(runner.results / "restore.json", restore)
+    with pytest.raises(CycleFailed) as caught:
+        runner.read_state("restore")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ShareFileMalformed) and cause.field == "memfds[1].size"
+    assert cause.path == runner.results / "restore.json"
+    assert "restore.json: the field memfds[1].size is a JSON string, not an integer" in str(caught.value)
+
+
+def test_a_state_file_that_links_out_of_the_share_is_not_followed(runner, tmp_path):
+    outside = tmp_path / "host-secret.json"
+    write_json_atomic(outside, {"session": "the host's own file"})
+    (runner.results / "prepare.json").symlink_to(outside)
+    with pytest.raises(CycleFailed, match=r"prepare\.json is a symlink"):
+        runner.read_state("prepare")
+    assert runner.agent_error() is None and runner.failure_details() == {}
+
+
+def test_on_line_passes_over_phase_marks_that_are_not_whole(runner, events):
+    for i, text in enumerate(
+        [
+            'WB-MARK phase-begin {"phase": 7}',
+            "WB-MARK phase-end {}",
+            "WB-MARK phase-end not json",
+            'WB-MARK phase-end {"phase": "verify", "s": "fast"}',
+            'WB-MARK phase-end {"phase": "verify", "s": 0.5}',
+        ]
+    ):
+        runner.on_line(SerialLine(100.0 + i, text))
+    phases = [(e.name, e.status, e.seconds) for e in events if e.kind == "phase"]
+    assert phases == [("verify", "end", None), ("verify", "end", 0.5)]
+    assert len(runner.marks) == 5  # every mark is kept as the agent printed it
 
 
 def test_agent_error_prefers_restore_and_skips_what_cannot_be_read(runner):
@@ -375,3 +421,20 @@ def test_agent_result_reports_what_every_cycle_reports(runner):
     assert ok["session"] == "wb-test" and ok["hash"] is None  # the requested session when the agent named none
     unfinished = runner.agent_result({}, {**clean, "finished": False}, 10.0, 11.0)
     assert unfinished["verified"] is False  # verified data but a session not finished is no success
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(prepare=state_like, restore=state_like)
+def test_state_files_the_runner_accepts_always_make_a_result(runner, prepare, restore):
+    # whatever the agent wrote: the cycle fails naming the file, or the result (and its verdict) can be built
+    write_json_atomic(runner.results / "prepare.json", prepare)
+    write_json_atomic(runner.results / "restore.json", restore)
+    try:
+        states = runner.read_state("prepare"), runner.read_state("restore")
+    except CycleFailed as exc:
+        assert isinstance(exc.__cause__, ShareFileMalformed) and exc.__cause__.field
+        return
+    result = runner.agent_result(*states, t_kexec=1.0, t_back=2.0)
+    assert isinstance(result["verified"], bool) and isinstance(result["phases"], dict)
+    if not result["verified"]:
+        assert str(Unverified(result)).startswith("verification failed")

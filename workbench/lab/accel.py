@@ -19,7 +19,7 @@ from workbench.environment import boot_id
 from workbench.lab.kernel import cache_root
 from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
 
-__all__ = ["AccelChoice", "choose_accelerator", "probe_kvm"]
+__all__ = ["AccelChoice", "choose_accelerator", "probe_kvm", "probe_failure_detail"]
 
 PROBE_TIMEOUT_S = 25.0
 
@@ -53,14 +53,33 @@ def probe_kvm(kernel: Path, initrd: Path, timeout_s: float = PROBE_TIMEOUT_S) ->
             elapsed = time.monotonic() - started
             if hit is not None:
                 return AccelChoice("kvm", f"a KVM guest reached user space in {elapsed:.1f} s", elapsed)
-            tail = vm.serial_text()[-200:].strip().replace("\n", " | ")
-            qemu_log = (Path(tmp) / "qemu.log").read_text()[-300:].strip() if (Path(tmp) / "qemu.log").exists() else ""
-            detail = qemu_log or (f"last console output: {tail}" if tail else "no console output at all")
+            detail = probe_failure_detail(vm.serial_text(), vm.qemu_log.read_text() if vm.qemu_log.exists() else "")
             return AccelChoice(
                 "tcg", f"/dev/kvm exists but Linux did not boot under KVM within {timeout_s:.0f} s ({detail})", elapsed
             )
         finally:
             vm.stop()
+
+
+def _is_qemu_chatter(line: str) -> bool:
+    """QEMU's informational lines (``info: QEMU waiting for connection on: disconnected:unix:...`` for each
+    server socket), which say nothing about why a guest failed."""
+    return "QEMU waiting for connection on:" in line or line.startswith("info: ") or ": info: " in line
+
+
+def probe_failure_detail(console: str, qemu_output: str) -> str:
+    """What a KVM probe that did not reach user space shows of its failure: the lines QEMU printed that are not its
+    informational chatter (an emulation failure, an error), then the end of the guest's console.
+
+    :param console: the guest's serial console text
+    :param qemu_output: what QEMU printed on its standard output and error"""
+    parts = []
+    qemu_lines = [line.strip() for line in qemu_output.splitlines() if line.strip() and not _is_qemu_chatter(line)]
+    if qemu_lines:
+        parts.append(f"QEMU printed: {' | '.join(qemu_lines)[-300:]}")
+    tail = " | ".join(line.strip() for line in console[-200:].strip().splitlines() if line.strip())
+    parts.append(f"last console output: {tail}" if tail else "no console output at all")
+    return "; ".join(parts)
 
 
 def choose_accelerator(kernel: Path, initrd: Path) -> AccelChoice:

@@ -36,6 +36,8 @@ __all__ = [
     "SelftestBuildError",
     "SelftestFailed",
     "UnknownName",
+    "ShareFileError",
+    "ShareFileMalformed",
 ]
 
 
@@ -178,3 +180,20 @@ class SelftestBuildError(LabError):
 class SelftestFailed(LabError):
     """A stage of a kernel liveupdate selftest (run by the ``selftest`` workload's agent) did not pass; the message
     names the selftest, the stage, its exit status and the selftest's own failure line."""
+
+
+class ShareFileError(LabError, ValueError):
+    """A file the agent left in the run's share cannot be trusted as it is: missing, larger than its limit, a
+    symlink, not a regular file, or named outside the run folder. ``path`` is the file; the message says what is
+    wrong with it and what the host expected. The cycle that needed it fails; nothing else is read."""
+
+    def __init__(self, message: str, path: Path, field: str | None = None):
+        super().__init__(message)
+        self.path = path
+        #: where in the file the problem is (``memfds[1].differing_count``), None for the file as a whole
+        self.field = field
+
+
+class ShareFileMalformed(ShareFileError):
+    """An agent's file is not what the protocol says it holds: not JSON, not an object, or a field of the wrong
+    type (``field`` names it)."""

@@ -10,7 +10,10 @@ Only the standard library is imported: the agent imports this module on targets 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,16 +162,28 @@ class Request:
 
 
 def read_json(path: Path, *, limit: int = 64 << 20) -> dict[str, Any]:
-    """Reads a JSON object the other side wrote. Raises ``ValueError`` naming the file when it is larger than
-    ``limit`` bytes, not JSON, or not an object (an agent's files are input the host does not trust)."""
+    """Reads a JSON object the other side wrote: the agent reads the host's ``request.json`` with it (the host reads
+    the agent's files with :mod:`workbench.lab.share_files`, which also checks their shape; that module is not
+    shipped to an SSH host, so this one keeps its own bounded, no-symlink read). Raises ``ValueError`` naming the
+    file when it is a symlink or not a regular file, larger than ``limit`` bytes, not JSON, or not an object;
+    ``OSError`` when it cannot be opened."""
     path = Path(path)
-    size = path.stat().st_size
-    if size > limit:
-        raise ValueError(f"{path} is {size} bytes, more than the {limit} an agent's JSON file may have")
     try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not JSON: {exc}") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symlink, not a file the other side wrote") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"{path} is more than the {limit} bytes an agent's JSON file may have")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object")
     return data

@@ -3,11 +3,14 @@
 A cycle's result is the dict :func:`workbench.lab.cycle.run_cycle` returns (and ``workbench cycle --json`` prints):
 nested per phase, per memfd, per CRIU step. :func:`cycles_table` flattens a list of them into one
 :class:`pandas.DataFrame`. A field a result does not have (a memfd cycle has no CRIU downtime, a failed entry has
-little more than its error) is left empty, never an error."""
+little more than its error) is left empty, never an error; so is a field of the wrong type (a workload's part of a
+result comes from the agent's files, which the host does not trust): a count that is not a number is NaN, a group
+that is not an object adds no columns."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from typing import Any
 
 import pandas as pd
@@ -85,14 +88,25 @@ def cycles_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
     for column in table.columns:
         if column not in _NOT_NUMBERS:
-            table[column] = pd.to_numeric(table[column]) if rows else table[column].astype(float)
+            table[column] = pd.to_numeric(table[column].map(_number)) if rows else table[column].astype(float)
     return table
+
+
+def _number(value: Any) -> float | int | None:
+    """``value`` when it is a number (a boolean is not), else None: what a numeric column holds."""
+    return value if isinstance(value, Real) and not isinstance(value, bool) else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _row(result: Mapping[str, Any]) -> dict[str, Any]:
     memfds = result.get("memfds")
-    criu = result.get("criu") or {}
-    counter = criu.get("counter") or {}
+    if memfds is not None:
+        memfds = [m for m in memfds if isinstance(m, Mapping)] if isinstance(memfds, list) else []
+    criu = _mapping(result.get("criu"))
+    counter = _mapping(criu.get("counter"))
     row = {
         "record_id": result.get("record_id"),
         "target": result.get("target"),
@@ -103,12 +117,12 @@ def _row(result: Mapping[str, Any]) -> dict[str, Any]:
         "error": result.get("error"),
         "failed_phase": result.get("failed_phase"),
         "memfds": len(memfds) if memfds is not None else None,
-        "data_bytes": sum(m.get("expected_size", m.get("size", 0)) for m in memfds) if memfds is not None else None,
+        "data_bytes": _sum(m.get("expected_size", m.get("size")) for m in memfds) if memfds is not None else None,
         "anon_bytes": criu.get("anon_size"),
         "memfd_region_bytes": criu.get("memfd_region"),
         "image_bytes": criu.get("image_bytes"),
         "pages_checked": result.get("pages_checked"),
-        "differing_pages": sum(m.get("differing_count", 0) for m in memfds) if memfds is not None else None,
+        "differing_pages": _sum(m.get("differing_count") for m in memfds) if memfds is not None else None,
         "accelerator": result.get("accelerator"),
         "memory_mb": result.get("memory_mb"),
         "kernel_release_before": result.get("kernel_release_before"),
@@ -119,23 +133,35 @@ def _row(result: Mapping[str, Any]) -> dict[str, Any]:
         "downtime_s": result.get("downtime_s"),
         "freeze_to_kexec_s": result.get("freeze_to_kexec_s"),
         "anon_to_survived_s": result.get("anon_to_survived_s"),
-        "conversions": len(result["conversions"]) if result.get("conversions") else None,
+        "conversions": len(result["conversions"]) if isinstance(result.get("conversions"), list) else None,
         "criu_version": criu.get("version"),
         "criu_images_mode": criu.get("images_mode"),
-        "criu_lazy_all_pages_s": (criu.get("lazy_pages") or {}).get("all_pages_s"),
+        "criu_lazy_all_pages_s": _mapping(criu.get("lazy_pages")).get("all_pages_s"),
         "criu_counter_before_dump": counter.get("before_dump"),
         "criu_counter_after_restore": counter.get("after_restore"),
         "criu_counter_later": counter.get("later"),
     }
-    for name, seconds in (result.get("phases") or {}).items():
+    for name, seconds in _mapping(result.get("phases")).items():
         row[f"phase_{_column(name)}_s"] = seconds
-    for name, value in (result.get("blackout_breakdown") or {}).items():
-        if name.endswith("_s"):
+    for name, value in _mapping(result.get("blackout_breakdown")).items():
+        if str(name).endswith("_s"):
             row[f"blackout_{_column(name)}"] = value
-    for name, seconds in (result.get("downtime_breakdown") or {}).items():
+    for name, seconds in _mapping(result.get("downtime_breakdown")).items():
         row[f"downtime_{_column(name)}_s"] = seconds
     return row
 
 
-def _column(name: str) -> str:
-    return name.replace("-", "_")
+def _sum(values) -> float | int | None:
+    """The sum of the numbers among ``values`` (None when one is not a number: the total is unknown)."""
+    total = 0
+    for value in values:
+        if value is None:
+            continue
+        if _number(value) is None:
+            return None
+        total += value
+    return total
+
+
+def _column(name: Any) -> str:
+    return str(name).replace("-", "_")

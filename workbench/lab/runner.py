@@ -19,11 +19,13 @@ from workbench.lab.errors import (
     CycleTimedOut,
     HandoverRefusedLive,
     PreflightRefused,
+    ShareFileError,
     TargetLost,
 )
 from workbench.lab.params import CycleParams
-from workbench.lab.protocol import Event, parse_mark, read_json, state_file
+from workbench.lab.protocol import Event, parse_mark, state_file
 from workbench.lab.qemu import SerialLine
+from workbench.lab.share_files import read_state_file
 from workbench.lab.workload import Workload
 
 __all__ = ["CycleEvent", "LineSource", "MarkRunner", "WAITING"]
@@ -116,8 +118,8 @@ class MarkRunner:
     def failure_details(self) -> dict[str, Any]:
         """Extra facts recorded with a failed run: the live preflight's verdict, when the agent got that far."""
         try:
-            live = read_json(self.results / state_file("prepare")).get("preflight_live")
-        except (OSError, ValueError):
+            live = read_state_file(self.results, "prepare").get("preflight_live")
+        except ShareFileError:
             return {}
         return {"preflight_live": live} if live else {}
 
@@ -134,10 +136,14 @@ class MarkRunner:
             return
         event, data = parsed
         self.marks.append((event, data, line.host_time))
+        phase, seconds = data.get("phase"), data.get("s")
+        if event in (Event.PHASE_BEGIN, Event.PHASE_END) and not isinstance(phase, str):
+            return  # no phase name: the console is the target's, and a mark there is untrusted input
         if event == Event.PHASE_BEGIN:
-            self.emit(kind="phase", name=data["phase"], status="begin", host_time=line.host_time)
+            self.emit(kind="phase", name=phase, status="begin", host_time=line.host_time)
         elif event == Event.PHASE_END:
-            self.emit(kind="phase", name=data["phase"], status="end", seconds=data.get("s"), host_time=line.host_time)
+            seconds = seconds if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None
+            self.emit(kind="phase", name=phase, status="end", seconds=seconds, host_time=line.host_time)
         elif event == Event.KEXEC:
             self.emit(kind="phase", name="kexec", status="begin", host_time=line.host_time)
         elif event == Event.AGENT_START and data.get("phase") == "restore" and self.kexec_ends_at_agent:
@@ -196,23 +202,22 @@ class MarkRunner:
         raise NotImplementedError
 
     def read_state(self, phase: str) -> dict[str, Any]:
-        """The agent's state file for ``phase`` (``prepare`` or ``restore``), checked as untrusted input."""
-        path = self.results / state_file(phase)
+        """The agent's state file for ``phase`` (``prepare`` or ``restore``), checked as untrusted input
+        (:func:`~workbench.lab.share_files.read_state_file`); one that cannot be used fails the cycle, naming the
+        file and the field, with the :class:`~workbench.lab.errors.ShareFileError` as its cause."""
         try:
-            return read_json(path)
-        except (OSError, ValueError) as exc:
-            raise self.fail(f"the agent's {state_file(phase)} cannot be read: {exc}") from None
+            return read_state_file(self.results, phase)
+        except ShareFileError as exc:
+            raise self.fail(f"the agent's {state_file(phase)} cannot be used: {exc}") from exc
 
     def agent_error(self) -> str | None:
         for phase in ("restore", "prepare"):
-            path = self.results / state_file(phase)
-            if path.exists():
-                try:
-                    err = read_json(path).get("error")
-                except (OSError, ValueError):
-                    continue
-                if isinstance(err, dict):
-                    return f"{err.get('type')}: {err.get('message')}"
+            try:
+                err = read_state_file(self.results, phase).get("error")
+            except ShareFileError:
+                continue
+            if isinstance(err, dict):
+                return f"{err.get('type')}: {err.get('message')}"
         return None
 
     def phases_of(self, prepare: dict, restore: dict, kexec_s: float) -> dict[str, float]:
@@ -242,7 +247,7 @@ class MarkRunner:
                 "after": restore.get("kernel_release_after"),
             },
             "memfds": memfds,
-            "differing_pages": {str(m["memfd"]): m["differing_pages"] for m in memfds if m["differing_count"]},
+            "differing_pages": {str(m["memfd"]): m.get("differing_pages", []) for m in memfds if m["differing_count"]},
             "hash": prepare.get("hash_impl"),
         }
         if prepare.get("preflight_live"):
