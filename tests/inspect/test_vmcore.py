@@ -105,6 +105,54 @@ def test_a_flattened_stream_is_reassembled_with_a_utsname(tmp_path):
     assert kdump_for_drgn(stream, "flattened") == copy  # made once
 
 
+def _makedumpfile_kdump(pages: dict[int, bytes], max_mapnr: int = 64, status: int = 0x1) -> bytes:
+    """A kdump-compressed file laid out as Debian's makedumpfile 1.7.2 writes one (seen on a real capture): header
+    version 6 with a filled utsname, a sub-header block holding VMCOREINFO at an offset that is not block-aligned,
+    two one-block bitmaps, a descriptor per dumped page, then the pages (zero pages share the first data page)."""
+    block = 4096
+    header = bytearray(block)
+    header[:8] = b"KDUMP   "
+    struct.pack_into("<I", header, 8, 6)
+    for i, value in enumerate((b"Linux", b"(none)", b"7.2.13-lab", b"#1 SMP", b"x86_64", b"(none)")):
+        header[12 + i * 65 : 12 + i * 65 + len(value)] = value
+    struct.pack_into("<IIIII", header, 424, status, block, 1, 2, max_mapnr)
+    sub = bytearray(block)
+    vmcoreinfo = b"OSRELEASE=7.2.13-lab\nPAGESIZE=4096\n"
+    struct.pack_into("<QiiQQQQ", sub, 0, 0, 23, 0, 0, 0, block + 840, len(vmcoreinfo))
+    struct.pack_into("<Q", sub, 96, max_mapnr)
+    sub[840 : 840 + len(vmcoreinfo)] = vmcoreinfo
+    valid, dumped = bytearray(block), bytearray(block)
+    for pfn in range(max_mapnr):
+        valid[pfn // 8] |= 1 << (pfn % 8)
+    for pfn in pages:
+        dumped[pfn // 8] |= 1 << (pfn % 8)
+    data_off = 4 * block + 24 * len(pages)
+    data, descs = bytearray(block), b""  # the shared zero page first
+    for pfn in sorted(pages):
+        if pages[pfn] == bytes(block):
+            descs += struct.pack("<qIIQ", data_off, block, 0, 0)
+        else:
+            descs += struct.pack("<qIIQ", data_off + len(data), block, 0, 0)
+            data += pages[pfn]
+    return bytes(header + sub + valid + dumped) + descs + bytes(data)
+
+
+def test_a_makedumpfile_kdump_is_read_as_it_is_and_cut_pages_are_refused(tmp_path):
+    pages = {0: bytes(4096), 3: b"\x11" * 4096, 9: bytes(4096), 40: b"\x22" * 4096}
+    whole = tmp_path / "vmcore.kdump"
+    whole.write_bytes(_makedumpfile_kdump(pages))
+    assert check_dump(whole) == "kdump"
+    assert kdump_for_drgn(whole, "kdump") == whole  # its utsname is filled in: no repaired copy
+    cut = tmp_path / "cut.kdump"
+    cut.write_bytes(whole.read_bytes()[:-100])
+    with pytest.raises(TruncatedDump, match="truncated: its headers describe") as info:
+        check_dump(cut)
+    assert info.value.expected_size == whole.stat().st_size
+    cut.write_bytes(_makedumpfile_kdump(pages, status=0x1 | 0x8)[:-100])
+    with pytest.raises(TruncatedDump, match="makedumpfile marked it incomplete"):
+        check_dump(cut)
+
+
 # -- real dumps ------------------------------------------------------------------------------------------------
 @lab
 @pytest.mark.parametrize("kind", ["elf", "kdump"])

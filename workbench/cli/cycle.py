@@ -60,6 +60,14 @@ def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
 )
 @click.option("--dump-format", type=click.Choice(["elf", "kdump-zlib"]), default="elf", show_default=True)
 @click.option(
+    "--crash-after",
+    "crash_after",
+    type=click.Choice(["preserve", "retrieve", "restore"]),
+    help="qemu: panic the target at this point (preserve: before the kexec; retrieve or restore: in the next kernel "
+    "after retrieving) for its capture kernel to write a kdump-compressed dump into the run's folder; the result "
+    "names it (vmcore), for workbench inspect --vmcore.",
+)
+@click.option(
     "--workload",
     type=click.Choice(["memfd", "sessions", "criu", "selftest", "baseline"]),
     default="memfd",
@@ -170,6 +178,7 @@ def cycle(
     kernel_args,
     dump_after,
     dump_format,
+    crash_after,
     workload,
     selftest,
     sizes,
@@ -210,6 +219,7 @@ def cycle(
         KernelWithoutLiveUpdate,
         SelftestBuildError,
     )
+    from workbench.lab.faults import Faults
     from workbench.lab.params import CycleParams
     from workbench.lab.target import parse_targets, target_class
     from workbench.lab.workload import make_workload
@@ -278,6 +288,7 @@ def cycle(
             return_timeout_s=return_timeout_s,
             preflight=not no_preflight,
             force=force,
+            faults=Faults(crash_after=crash_after),
         )
         if workload == "sessions":  # run_cycle cannot check it: the workload does not see the session name
             chosen.validate_session(session)
@@ -329,7 +340,11 @@ def cycle(
     else:
         for r in results:
             _echo_any(r)
-    bad = [r for r in results if not (r.get("verified") or (r.get("dry_run") and "error" not in r))]
+    bad = [
+        r
+        for r in results
+        if not (r.get("verified") or r.get("outcome") == "crashed" or (r.get("dry_run") and "error" not in r))
+    ]
     if bad:
         failed = [r for r in bad if "error" in r]
         if failed and not as_json and several:
@@ -405,6 +420,15 @@ def _echo_any(r: dict) -> None:
     prefix = f"{host}: " if host else ""
     if "error" in r:
         click.echo(f"{prefix}FAILED in {r.get('failed_phase')}: {r['error']} (record {r.get('record_id')})")
+        return
+    if r.get("outcome") == "crashed":
+        kdump = r.get("kdump", {})
+        click.echo(
+            f"{prefix}CRASHED on purpose after {r['crashed_after']}: kdump ({kdump.get('dump_bytes', 0) >> 20} MiB, "
+            f"makedumpfile -d {kdump.get('dump_level')}) at {r['vmcore']}; record {r['record_id']}"
+        )
+        click.echo(f"  {r['kho_kdump']['finding']}")
+        click.echo(f"  inspect it: workbench inspect --vmcore {r['vmcore']} --vmlinux {r['vmlinux']}")
         return
     if r.get("dry_run"):
         click.echo(

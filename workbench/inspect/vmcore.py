@@ -36,12 +36,20 @@ def _elf_expected_size(mm: mmap.mmap, path: Path) -> int:
     return max([end, *(p.offset + p.filesz for p in segments)])
 
 
+_DUMP_INCOMPLETE = 0x8  # DUMP_DH_COMPRESSED_INCOMPLETE in the kdump header's status
+
+
 def _kdump_expected_size(mm: mmap.mmap, path: Path) -> int:
+    """The file size a kdump-compressed file's headers promise: the end of its page descriptors or of the last
+    page's data (makedumpfile 1.7's layout: header, sub-header block with VMCOREINFO and ELF notes, two bitmaps,
+    one 24-byte descriptor per dumped page, page data; zero pages share one data block)."""
     size = len(mm)
     if size < 448:
         raise TruncatedDump(f"{path}: the kdump header is cut off", path, 448, size)
     header_version = struct.unpack_from("<I", mm, 8)[0]
-    block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from("<IIII", mm, 428)
+    status, block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from("<IIIII", mm, 424)
+    # makedumpfile keeps a dump it could not finish (its disk filled up) and says so in the header
+    why = " (makedumpfile marked it incomplete: the capture ran out of space)" if status & _DUMP_INCOMPLETE else ""
     if not block_size or block_size & (block_size - 1):
         raise UnreadableDump(f"{path}: kdump block size {block_size} is not a power of two")
     sub = block_size
@@ -51,13 +59,15 @@ def _kdump_expected_size(mm: mmap.mmap, path: Path) -> int:
     bitmap_len = bitmap_blocks * block_size
     descs_off = bitmap_off + bitmap_len
     if descs_off > size:
-        raise TruncatedDump(f"{path}: the kdump bitmaps end at {descs_off:#x}", path, descs_off, size)
+        raise TruncatedDump(f"{path}: the kdump bitmaps end at {descs_off:#x}{why}", path, descs_off, size)
     # copies, not views: a view still alive when an error is raised would keep the mapping from being closed
     second = np.frombuffer(mm[bitmap_off + bitmap_len // 2 : bitmap_off + bitmap_len // 2 * 2], dtype=np.uint8)
     dumped = int(np.unpackbits(second).sum())
     descs_end = descs_off + 24 * dumped
     if descs_end > size:
-        raise TruncatedDump(f"{path}: {dumped} page descriptors need bytes up to {descs_end:#x}", path, descs_end, size)
+        raise TruncatedDump(
+            f"{path}: {dumped} page descriptors need bytes up to {descs_end:#x}{why}", path, descs_end, size
+        )
     descs = np.frombuffer(
         mm[descs_off:descs_end],
         dtype=np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("pf", "<u8")]),
@@ -67,6 +77,8 @@ def _kdump_expected_size(mm: mmap.mmap, path: Path) -> int:
         if int(descs["offset"].min()) < 0:
             raise UnreadableDump(f"{path}: a page descriptor has a negative file offset")
         end = max(end, int((descs["offset"].astype(np.uint64) + descs["size"]).max()))  # no int64 wrap-around
+    if end > size and why:
+        raise TruncatedDump(f"{path}: its pages need bytes up to {end:#x}{why}", path, end, size)
     return end
 
 

@@ -233,14 +233,35 @@ class Agent:
         record_failure(self.state_path, self.state, exc)
 
     def pause(self, after: str) -> None:
-        """Stops after a phase until the host creates ``continue-<phase>`` (inspection and vmcore dumps)."""
-        if after not in self.request.get("pause_after", []):
-            return
-        mark(Event.PAUSED, {"phase": after})
-        flag = self.results / continue_flag(after)
-        while not flag.exists():
-            time.sleep(0.05)
-        mark(Event.RESUMED, {"phase": after})
+        """Stops after a phase until the host creates ``continue-<phase>`` (inspection and vmcore dumps), then
+        panics the target there when the request's ``crash_after`` fault says so (:meth:`crash`)."""
+        if after in self.request.get("pause_after", []):
+            mark(Event.PAUSED, {"phase": after})
+            flag = self.results / continue_flag(after)
+            while not flag.exists():
+                time.sleep(0.05)
+            mark(Event.RESUMED, {"phase": after})
+        crash = self.request.get("faults", {}).get("crash_after")
+        if isinstance(crash, dict) and crash.get("pause") == after:
+            self.crash(crash)
+
+    def crash(self, spec: dict) -> None:
+        """Loads the capture kernel ``spec`` names (``kexec_file_load(KEXEC_FILE_ON_CRASH)``, timed), keeps what
+        the kernel says about kdump and KHO in the state, marks ``crash`` and panics (:mod:`workbench.lab.kdump`).
+
+        :param spec: the request's ``faults.crash_after`` (:func:`workbench.lab.kdump.capture_request`)"""
+        # imported here: only the lab VM crashes, and an SSH host's copy of the agent (ssh/agent_files.py) has no
+        # kdump module
+        from workbench.lab.kdump import KdumpEvent, capture_facts, crash_now, load_capture_kernel
+
+        t0 = time.monotonic()
+        load_capture_kernel(spec["kernel"], spec["initrd"], spec["cmdline"])
+        self.state["kdump"] = {"capture_load_s": time.monotonic() - t0, "point": spec["point"], **capture_facts()}
+        self.state["current_phase"] = "crash"
+        self.save()
+        mark(KdumpEvent.CRASH, {"after": spec["point"]})
+        crash_now()
+        raise RuntimeError("the kernel did not panic on sysrq c")
 
     def kho_snapshot(self, which: str) -> None:
         """Copies the handover FDT that debugfs shows (``out`` before the kexec, ``in`` after) for the host."""

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from workbench.lab.errors import CycleCancelled, CycleFailed, PreflightRefused, PreflightUnavailable, Unverified
+from workbench.lab.kdump import TargetCrashed, check_crash
 from workbench.lab.params import PAUSE_POINTS, CycleParams
 from workbench.lab.preflight import REFUSE
 from workbench.lab.runner import CycleEvent, MarkRunner
@@ -123,6 +124,7 @@ def check(workload: Workload, params: CycleParams, target: Target) -> None:
     workload.validate_session(params.session)
     workload.validate_faults(params.faults)
     target.validate(workload, params)
+    check_crash(params.faults.crash_after, workload.name, target.label, getattr(target, "supports_kdump", False))
 
 
 def run_cycles(
@@ -195,7 +197,8 @@ def record_cycle(
 ) -> dict:
     """Runs ``make_runner(run).execute()`` inside a ``lab.cycle`` record with ``record_params``: a failure is
     recorded ``failed`` with its phase and log, a result that did not verify is recorded ``failed`` and returned,
-    a dry run (``dry_run`` true in the result) is recorded ``ok``. ``known``: results known before the run (the
+    so is a crash on purpose (``outcome`` ``crashed``, :mod:`workbench.lab.kdump`), a dry run (``dry_run`` true in
+    the result) is recorded ``ok``. ``known``: results known before the run (the
     preflight's verdict), recorded first and kept in the result."""
     known = dict(known or {})
     try:
@@ -226,9 +229,12 @@ def record_cycle(
             for name, frame in _tables(result, runner.marks).items():
                 run.add_table(name, frame)
             run.update_result(**{k: v for k, v in result.items() if k != "record_id"})
+            if result.get("outcome") == "crashed":
+                runner.emit(kind="state", name="crashed", text=result["vmcore"])
+                raise TargetCrashed(result)
             if not result["verified"] and not result.get("dry_run"):
                 runner.emit(kind="state", name="unverified")
                 raise Unverified(result)
-    except Unverified:
-        pass  # recorded as failed; the caller gets the result with verified false and the differing pages
+    except (Unverified, TargetCrashed):
+        pass  # recorded as failed; the caller gets the result (verified false, the differing pages or the dump)
     return result

@@ -30,11 +30,20 @@ class Faults:
     """``corrupt_page``: after the kexec, flip one bit of that page before verifying (the cycle must report it);
     ``modify_after_preserve``: after preservation, try to write that page through ``pwrite`` and through the
     mapping (the outcome is recorded); ``next_boot_hangs``: the next kernel's initramfs never starts the agent
-    (a target that does not come back)."""
+    (a target that does not come back); ``crash_after``: panic the target at that point (one of
+    :data:`~workbench.lab.kdump.CRASH_POINTS`) for its capture kernel to write a kdump (:mod:`workbench.lab.kdump`)."""
 
     corrupt_page: PageRef | None = None
     modify_after_preserve: PageRef | None = None
     next_boot_hangs: bool = False
+    crash_after: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.crash_after is not None:
+            # imported here: an SSH host's copy of the agent (ssh/agent_files.py) has no kdump module
+            from workbench.lab.kdump import crash_pause_point
+
+            crash_pause_point(self.crash_after)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Faults:
@@ -48,7 +57,9 @@ class Faults:
             name: PageRef(**data[name]) if isinstance(data.get(name), dict) else data.get(name)
             for name in ("corrupt_page", "modify_after_preserve")
         }
-        return cls(**pages, next_boot_hangs=bool(data.get("next_boot_hangs", False)))
+        return cls(
+            **pages, next_boot_hangs=bool(data.get("next_boot_hangs", False)), crash_after=data.get("crash_after")
+        )
 
     def validate(self, memfds: int, pages_per_memfd: int) -> None:
         for name in ("corrupt_page", "modify_after_preserve"):
@@ -67,4 +78,6 @@ class Faults:
                 out[name] = ref.to_request()
         if self.next_boot_hangs:
             out["next_boot_hangs"] = True
+        if self.crash_after is not None:
+            out["crash_after"] = self.crash_after
         return out

@@ -18,7 +18,10 @@ BUSYBOX = Path("/bin/busybox")
 # Kernel command line parameters read by /init (all optional but wb.python and wb.repo):
 #   wb.python=PATH  the Python interpreter to run the agent with (a host path, seen through the 9p root)
 #   wb.repo=PATH    the checkout to put on PYTHONPATH
-#   wb.phase=NAME   prepare | restore | probe | shell (probe: print a marker and power off)
+#   wb.phase=NAME   prepare | restore | probe | shell | kdump (probe: print a marker and power off; kdump: the
+#                   capture kernel after a panic, see workbench.lab.kdump)
+#   wb.dumplevel=N  kdump: makedumpfile's dump level
+#   wb.dumpfile=F   kdump: the dump's name in the results folder
 #   wb.hang=1       fault injection: never start the agent (a target that does not come back)
 #   wb.sshd=PATH    start this sshd from the host's root before the agent (the SSH-target tests)
 INIT_SCRIPT = r"""#!/bin/busybox sh
@@ -29,7 +32,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 
-phase=prepare python= repo= hang= sshd=
+phase=prepare python= repo= hang= sshd= dumplevel=23 dumpfile=vmcore-crash.kdump
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     wb.phase=*) phase=${arg#wb.phase=} ;;
@@ -37,6 +40,8 @@ for arg in $(cat /proc/cmdline); do
     wb.repo=*) repo=${arg#wb.repo=} ;;
     wb.hang=*) hang=${arg#wb.hang=} ;;
     wb.sshd=*) sshd=${arg#wb.sshd=} ;;
+    wb.dumplevel=*) dumplevel=${arg#wb.dumplevel=} ;;
+    wb.dumpfile=*) dumpfile=${arg#wb.dumpfile=} ;;
   esac
 done
 echo "WB-MARK init $phase"
@@ -77,6 +82,26 @@ mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
 mkdir -p /newroot/tmp/wb-results /newroot/tmp/wb-cache
 mount -t 9p -o "$p9" wbresults /newroot/tmp/wb-results || fail "cannot mount the results folder"
 mount -t 9p -o "$p9" wbcache /newroot/tmp/wb-cache 2>/dev/null
+
+if [ "$phase" = kdump ]; then
+  # the capture kernel: the panicked kernel's memory as a kdump-compressed file in the results folder, written
+  # under a temporary name and renamed only when makedumpfile succeeded
+  echo "WB-MARK kdump-start"
+  out=/tmp/wb-results/$dumpfile
+  rm -f "/newroot$out.part"
+  chroot /newroot /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    makedumpfile -c -d "$dumplevel" /proc/vmcore "$out.part" >/newroot/tmp/wb-results/makedumpfile.log 2>&1
+  rc=$?
+  cat /newroot/tmp/wb-results/makedumpfile.log
+  if [ $rc -eq 0 ] && mv "/newroot$out.part" "/newroot$out"; then
+    sync
+    echo "WB-MARK kdump-saved {\"file\":\"$dumpfile\",\"level\":$dumplevel}"
+  else
+    echo "WB-MARK kdump-error {\"rc\":$rc}"
+  fi
+  sync
+  poweroff -f
+fi
 ip link set lo up 2>/dev/null
 if ip link set eth0 up 2>/dev/null; then
   ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2

@@ -17,10 +17,20 @@ from workbench.lab.accel import AccelChoice, choose_accelerator
 from workbench.lab.blackout_anatomy import anatomy_console_args, blackout_anatomy
 from workbench.lab.errors import InvalidCycle, PreflightUnavailable
 from workbench.lab.initramfs import build_initramfs
+from workbench.lab.kdump import (
+    CRASH_KHO_SCRATCH,
+    CRASHKERNEL,
+    KdumpEvent,
+    capture_request,
+    claim_dump,
+    crash_pause_point,
+    crash_result,
+    makedumpfile_output,
+)
 from workbench.lab.kernel import LabKernel, build_kernel, cache_root, require_live_update, resolve_kernel
 from workbench.lab.params import CycleParams
 from workbench.lab.preflight import Preflight, accepted_strings, preflight
-from workbench.lab.protocol import Event, Request, continue_flag
+from workbench.lab.protocol import Event, Request, continue_flag, state_file
 from workbench.lab.qemu import QemuVM, VMConfig, qemu_version
 from workbench.lab.runner import CycleEvent, MarkRunner
 from workbench.lab.target import Target, register
@@ -71,6 +81,8 @@ class QemuTarget(Target):
     can read; ``qemu_args``: more QEMU arguments."""
 
     name = "qemu"
+    #: boots with a crashkernel= reservation and a capture kernel for ``--crash-after`` (:mod:`workbench.lab.kdump`)
+    supports_kdump = True
 
     kernel: LabKernel | str | None = None
     memory_mb: int | None = None
@@ -227,22 +239,31 @@ class QemuRunner(MarkRunner):
         if p.timeout_s:
             boot_timeout = work_timeout = p.timeout_s
         pause_after = sorted(set(p.pause_after) | set(t.dump_after))
+        crash = p.faults.crash_after
+        faults = {**p.faults.to_request(), **w.faults()}
+        if crash:
+            capture = next_kernel if crash_pause_point(crash) == "restore" else self.kernel.bzimage
+            faults["crash_after"] = capture_request(crash, capture, initrd, tcg)
         Request(
             workload=w.name,
             session=p.session,
             next_kernel=str(next_kernel),
             next_initrd=str(initrd),
             pause_after=pause_after,
-            faults={**p.faults.to_request(), **w.faults()},
+            faults=faults,
             workload_fields=w.request(),
             preflight_accepts=self.live_preflight_accepts(),
         ).write(self.results)
         args = anatomy_console_args(lab_kernel_args(tcg=tcg, live_update=t.live_update))
         if t.kho_scratch:
             args.append(f"kho_scratch={t.kho_scratch}")
+        elif crash:
+            args.append(f"kho_scratch={CRASH_KHO_SCRATCH}")
         args += [f"wb.python={sys.executable}", f"wb.repo={REPO_ROOT}"]
         args += t.kernel_args.split()
         args += [a for a in w.kernel_args() if a.partition("=")[0] + "=" not in t.kernel_args]
+        if crash and "crashkernel=" not in t.kernel_args:
+            args.append(f"crashkernel={CRASHKERNEL}")
         config = VMConfig(
             kernel=self.kernel.bzimage,
             initrd=initrd,
@@ -268,6 +289,11 @@ class QemuRunner(MarkRunner):
             _, _, t_agent = self.wait_mark((Event.AGENT_START,), boot_timeout, "waiting for the agent to start")
             self.emit(kind="phase", name="boot", status="end", seconds=t_agent - t_boot, host_time=t_agent)
             self.emit(kind="state", name="running")
+            crash_timeout = boot_timeout + work_timeout
+            if crash and crash_pause_point(crash) == "preserve":
+                before = w.phases_before_kexec
+                self.wait_phases(before[: before.index("preserve") + 1], pause_after, work_timeout)
+                return self.capture(crash, crash_timeout, t_boot, t_agent, accel)
             self.wait_phases(w.phases_before_kexec, pause_after, work_timeout)
             self.phase = "kexec"
             _, _, t_kexec = self.wait_mark((Event.KEXEC,), work_timeout, "waiting for the kexec")
@@ -278,12 +304,52 @@ class QemuRunner(MarkRunner):
             _, _, t_back = self.wait_mark(
                 (Event.AGENT_START,), back_timeout, "waiting for the agent in the next kernel (it did not come back)"
             )
+            if crash:
+                after = w.phases_after_kexec
+                self.wait_phases(after[: after.index("restore") + 1], pause_after, work_timeout)
+                return self.capture(crash, crash_timeout, t_boot, t_agent, accel)
             self.wait_phases(w.phases_after_kexec, pause_after, work_timeout)
             self.phase = "finish"
             self.wait_mark((Event.DONE,), work_timeout, "finishing the session")
             self.vm.wait_exit(30)
             self.emit(kind="state", name="done")
         return self.collect(t_boot, t_agent, t_kexec, t_init, t_back, accel)
+
+    def capture(self, point: str, timeout: float, t_boot: float, t_agent: float, accel: AccelChoice) -> dict:
+        """After the crash at ``point``: waits for the panic, the capture kernel and its dump, then QEMU's exit;
+        the crashed cycle's result (:func:`~workbench.lab.kdump.crash_result`)."""
+        self.phase = "crash"
+        _, _, t_crash = self.wait_mark((KdumpEvent.CRASH,), timeout, f"waiting for the panic after {point}")
+        self.emit(kind="state", name="crashing", text=f"panic after {point}: the capture kernel takes over")
+        self.phase = "kdump"
+        _, _, t_start = self.wait_mark((KdumpEvent.START,), timeout, "waiting for the capture kernel to boot")
+        event, data, t_end = self.wait_mark((KdumpEvent.SAVED, KdumpEvent.ERROR), timeout, "waiting for the kdump")
+        self.vm.wait_exit(30)
+        tail = makedumpfile_output(self.results)
+        if event == KdumpEvent.ERROR:
+            raise self.fail(f"makedumpfile failed in the capture kernel (exit {data.get('rc')}): {tail.strip()}")
+        try:
+            vmcore = claim_dump(self.results, data.get("file"), self.workdir)
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+        states = [self.read_state(p) if (self.results / state_file(p)).exists() else {} for p in ("prepare", "restore")]
+        crashed = self.target.following if crash_pause_point(point) == "restore" else self.kernel
+        vmlinux = crashed.vmlinux if isinstance(crashed, LabKernel) else None
+        result = crash_result(point, vmcore, vmlinux, *states, tail, self.p.session)
+        if self.vmcores:
+            result["vmcores"] = {**self.vmcores, "crash": str(vmcore)}
+        result["kdump"].update(crash_to_capture_s=t_start - t_crash, capture_s=t_end - t_crash)
+        result.update(
+            {
+                "boot_s": t_agent - t_boot,
+                "accelerator": accel.accel,
+                "accelerator_reason": accel.reason,
+                "memory_mb": self.target.memory_for(self.workload),
+                "serial_log": str(self.vm.serial_log),
+                "run_dir": str(self.workdir),
+            }
+        )
+        return result
 
     def paused(self, phase: str, timeout: float) -> None:
         self.wait_mark((Event.PAUSED,), timeout, f"waiting for the pause after {phase}")
