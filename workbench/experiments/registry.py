@@ -25,6 +25,7 @@ MEASURED = "measured"
 _BUILTIN = {
     "bench.hash": "workbench.experiments.bench_hash",
     "bench.metadata": "workbench.experiments.bench_metadata",
+    "bench.preload": "workbench.experiments.bench_preload",
     "bench.conversion": "workbench.experiments.bench_conversion",
     "lab.cycle": "workbench.experiments.lab_cycle",
     "notebook": "workbench.experiments.notebook",
