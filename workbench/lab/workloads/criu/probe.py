@@ -11,15 +11,20 @@ from typing import Any
 
 from workbench.environment import REPO_ROOT
 from workbench.lab.accel import choose_accelerator
+from workbench.lab.errors import ShareFileError
 from workbench.lab.initramfs import build_initramfs
 from workbench.lab.kernel import LabKernel, build_kernel
-from workbench.lab.protocol import Event, Request, read_json, state_file
+from workbench.lab.protocol import Event, Request, state_file
 from workbench.lab.qemu import QemuVM, VMConfig
 from workbench.lab.qemu_target import guest_cache, lab_kernel_args
+from workbench.lab.share_files import read_share_bytes, read_share_json
 from workbench.lab.workloads.criu import CRIU_KERNEL_ARGS, CRIU_PATH
 from workbench.lab.workloads.criu.program import build_nft_shim, build_workload
 
-__all__ = ["run_probe"]
+__all__ = ["run_probe", "PROBE_OUTPUT_LIMIT"]
+
+#: the most of the probe's output the host reads back
+PROBE_OUTPUT_LIMIT = 1 << 20
 
 
 def run_probe(
@@ -69,11 +74,16 @@ def run_probe(
     with QemuVM(config, workdir) as vm:
         hit = vm.wait_for(lambda ln: done in ln.text or failed in ln.text, timeout_s + 300)
         vm.wait_exit(30)
-    state_path = results / state_file("prepare")
-    state = read_json(state_path) if state_path.exists() else {}
-    probe = results / "probe.txt"
+    try:
+        state = read_share_json(results, state_file("prepare"))
+    except ShareFileError:
+        state = {}
+    try:
+        output = read_share_bytes(results, "probe.txt", limit=PROBE_OUTPUT_LIMIT).decode(errors="replace")
+    except ShareFileError:
+        output = ""
     return {
-        "output": probe.read_text() if probe.exists() else "",
+        "output": output,
         "rc": state.get("probe_rc"),
         "error": state.get("error", {}).get("message") if hit is None or failed in hit[1].text else None,
         "kernel_args": kernel_args,
