@@ -87,7 +87,8 @@ def test_ratios_to_the_baseline_and_to_the_first_kernel():
 @pytest.mark.lab
 def test_a_real_sweep_against_its_baseline(lab_kernel, store):
     sweep = BlackoutSweep(memory_mb=[512, 1024], shares=[0.25], kernels=["7.2"])
-    summary = record_blackout_sweep(sweep, store)
+    summary, path = record_blackout_sweep(sweep, store)
+    assert path.is_file()
     record = store.get(summary["record_id"])
     assert record.kind == "bench.blackout" and record.status == "ok" and len(store.table(record.id, "points")) == 4
     assert len(summary["points"]) == 4 and all(p["verified"] for p in summary["points"])

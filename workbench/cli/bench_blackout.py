@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.common import SIZE, data_option, json_option, output_option, run_recorded
+from workbench.cli.common import SIZE, data_option, json_option, output_option, print_summary
 
 __all__ = ["blackout_cmd"]
 
@@ -48,7 +48,7 @@ def blackout_cmd(memory, preserve, kernels, cpus, tcg_threads, repeat, as_json, 
     """Blackout of cycles with preserved memory against a baseline kexec that preserves nothing, same guest and
     kernel, one run: blackout_ratio per guest RAM and share, the comparison between kernels, and slopes (seconds
     per GiB of RAM and per GiB preserved) with their standard errors. Every cycle is verified and recorded."""
-    from workbench.lab.blackout_bench import BlackoutSweep, run_blackout_sweep
+    from workbench.lab.blackout_bench import BlackoutSweep, record_blackout_sweep
     from workbench.lab.errors import LabError
     from workbench.records import open_store
 
@@ -73,12 +73,5 @@ def blackout_cmd(memory, preserve, kernels, cpus, tcg_threads, repeat, as_json, 
                 err=True,
             )
 
-    store = open_store(data_dir)
-    run_recorded(
-        "bench.blackout",
-        sweep.as_dict(),
-        lambda run: run_blackout_sweep(sweep, store, run, progress),
-        data_dir=data_dir,
-        output=output,
-        as_json=as_json,
-    )
+    summary, path = record_blackout_sweep(sweep, open_store(data_dir), progress, output=output)
+    print_summary(summary, path, as_json)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from workbench.cli.common import SIZE, data_option, json_option, output_option, run_recorded
+from workbench.cli.common import SIZE, data_option, json_option, output_option, print_summary
+from workbench.cli.output import fail
 
 __all__ = ["preload_cmd"]
 
@@ -28,8 +29,10 @@ def preload_cmd(
     """A program's throughput and page faults with and without the memfd-from-birth LD_PRELOAD library, side by
     side in one run (fresh servers, modes interleaved): medians per mode and ratios preload / plain, the share of
     its memory in birth memfds, and a check of its data."""
+    from workbench.experiments.bench_preload import record_bench_preload
     from workbench.lab.preload import PreloadError
-    from workbench.lab.preload_bench import PreloadBench, run_preload_bench
+    from workbench.lab.preload_bench import PreloadBench
+    from workbench.records import open_store
 
     bench = PreloadBench(
         program=program,
@@ -55,11 +58,8 @@ def preload_cmd(
                 err=True,
             )
 
-    run_recorded(
-        "bench.preload",
-        bench.as_dict(),
-        lambda run: run_preload_bench(bench, on_server=progress),
-        data_dir=data_dir,
-        output=output,
-        as_json=as_json,
-    )
+    try:
+        summary, path = record_bench_preload(open_store(data_dir), bench.as_dict(), output=output, on_server=progress)
+    except PreloadError as exc:
+        fail(str(exc))
+    print_summary(summary, path, as_json)

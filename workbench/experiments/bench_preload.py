@@ -4,6 +4,7 @@ LD_PRELOAD library (:mod:`workbench.lab.preload_bench`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,27 @@ __all__ = ["record_bench_preload", "EXPERIMENT"]
 
 
 def record_bench_preload(
-    store: RecordStore, params: dict[str, Any], *, output: str | os.PathLike[str] | None = None
+    store: RecordStore,
+    params: dict[str, Any],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    on_server: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Runs the benchmark ``params`` describe (:meth:`~workbench.lab.preload_bench.PreloadBench.as_dict`) into a
-    ``bench.preload`` record; returns its summary and JSON file."""
+    ``bench.preload`` record; returns its summary and JSON file. ``on_server(row)`` is called as each server ends.
+
+    :raises PreloadError: bad parameters (before anything is recorded), or the benchmark failed (recorded)"""
     from workbench.lab.preload_bench import PreloadBench, run_preload_bench
 
     bench = PreloadBench(**params)
-    return record_summary(store, "bench.preload", bench.as_dict(), lambda run: run_preload_bench(bench), output=output)
+    bench.validate()
+    return record_summary(
+        store,
+        "bench.preload",
+        bench.as_dict(),
+        lambda run: run_preload_bench(bench, on_server=on_server),
+        output=output,
+    )
 
 
 EXPERIMENT = register(

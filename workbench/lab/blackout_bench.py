@@ -11,8 +11,10 @@ cycles report them) in seconds per GiB of guest RAM and per GiB preserved, with 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,15 +164,23 @@ def run_blackout_sweep(
 
 
 def record_blackout_sweep(
-    sweep: BlackoutSweep, store: RecordStore, on_point: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
+    sweep: BlackoutSweep,
+    store: RecordStore,
+    on_point: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, Any], Path]:
     """:func:`run_blackout_sweep` inside a ``bench.blackout`` record of ``store`` (what ``workbench bench
-    blackout`` runs): returns the summary with its ``record_id``."""
+    blackout`` runs): returns the summary with its ``record_id``, and its JSON file (``output``, default in the
+    record's folder)."""
     sweep.validate()
-    summary, _ = record_summary(
-        store, "bench.blackout", sweep.as_dict(), lambda run: run_blackout_sweep(sweep, store, run, on_point)
+    return record_summary(
+        store,
+        "bench.blackout",
+        sweep.as_dict(),
+        lambda run: run_blackout_sweep(sweep, store, run, on_point),
+        output=output,
     )
-    return summary
 
 
 def _fit(frame: pd.DataFrame, column: str) -> dict[str, Any] | None:

@@ -142,7 +142,10 @@ def compiler_version(cc: str = "gcc") -> str:
             f"no C compiler: {cc!r} is not on PATH; the memfd-from-birth library is compiled on this machine, so "
             "install build-essential (workbench/lab/scripts/install-system-deps.sh does, as root)"
         )
-    out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PreloadError(f"{cc} --version did not run: {exc}") from None
     lines = (out.stdout or out.stderr).strip().splitlines()
     if out.returncode or not lines:
         raise PreloadError(f"the C compiler {cc!r} does not run: `{cc} --version` exited {out.returncode}")

@@ -4,7 +4,8 @@ The guest's tree is shared read-only over 9p (tag ``guestroot``): the lab kernel
 layer (``CONFIG_BLOCK`` is off in the lean base), so a disk image cannot be their root, and 9p needs no copy of
 the 250 MB tree per boot. A small busybox initramfs mounts the share, puts ``/etc`` and ``/var`` (about 9 MB) in
 tmpfs copies and ``/tmp`` and ``/root`` in empty tmpfs (the cache stays unchanged whatever the guest writes; the
-lab kernels have no overlayfs), and hands over to ``/sbin/init`` with ``switch_root``. A unit in the guest prints a
+lab kernels have no overlayfs), and hands over to ``/sbin/init`` with ``switch_root``; a cycle's folder, when
+shared, is mounted on ``/mnt`` and its ``etc/`` copied over ``/etc``. A unit in the guest prints a
 ``WB-MARK multi-user`` line once ``multi-user.target`` is active, with systemd's own timestamps."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "GuestEvent",
     "GUEST_INIT_SCRIPT",
     "GUEST_ROOT_TAG",
+    "RUN_SHARE_TAG",
     "GuestBootFailed",
     "GuestBoot",
     "build_guest_initramfs",
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 GUEST_ROOT_TAG = "guestroot"
+RUN_SHARE_TAG = "wbresults"
 
 
 class GuestEvent:
@@ -66,6 +69,9 @@ for d in etc var; do
   cp -a /newroot/$d/. /rw/$d/ || fail "cannot copy /$d into memory"
   mount --move /rw/$d /newroot/$d
 done
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 wbresults /newroot/mnt 2>/dev/null; then
+  [ -d /newroot/mnt/etc ] && { cp -a /newroot/mnt/etc/. /newroot/etc/ || fail "cannot add the run's files to /etc"; }
+fi
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0700 tmpfs /newroot/root
 mount --move /dev /newroot/dev
@@ -127,7 +133,7 @@ class GuestBoot:
 def build_guest_initramfs(busybox: Path = BUSYBOX) -> Path:
     """The cached initramfs that hands the guest's tree to systemd (for the current script and busybox binary)."""
     if not busybox.exists():
-        raise FileNotFoundError(f"{busybox} is missing: install Debian's busybox-static (make system-deps)")
+        raise GuestBootFailed(f"{busybox} is missing: install Debian's busybox-static (make system-deps)")
     blob = busybox.read_bytes()
     key = hashlib.sha256(GUEST_INIT_SCRIPT.encode() + blob).hexdigest()[:12]
     path = cache_root() / "initramfs" / f"guest-initramfs-{key}.cpio"
@@ -162,9 +168,12 @@ def guest_vm_config(
     tcg_threads: str = "single",
     kernel_args: str = "",
     extra_args: list[str] | None = None,
+    run_share: Path | None = None,
 ) -> VMConfig:
     """The QEMU set-up that boots ``guest`` on ``kernel`` with ``accel``: the guest's tree as the read-only 9p
-    share :data:`GUEST_ROOT_TAG`, :func:`build_guest_initramfs`, ``kernel_args`` added to the command line."""
+    share :data:`GUEST_ROOT_TAG`, :func:`build_guest_initramfs`, ``kernel_args`` added to the command line;
+    ``run_share``: a cycle's folder, shared writable as :data:`RUN_SHARE_TAG` and mounted on the guest's ``/mnt``
+    (its ``etc/`` is copied over the guest's ``/etc`` at boot: a workload's units)."""
     args = guest_kernel_args(tcg=accel.accel == "tcg") + kernel_args.split()
     return VMConfig(
         kernel=kernel.bzimage,
@@ -174,7 +183,7 @@ def guest_vm_config(
         cpus=cpus,
         accel=accel.accel,
         tcg_threads=tcg_threads,
-        shares={GUEST_ROOT_TAG: (guest.root, True)},
+        shares={GUEST_ROOT_TAG: (guest.root, True), **({RUN_SHARE_TAG: (run_share, False)} if run_share else {})},
         extra_args=list(extra_args or []),
     )
 

@@ -313,19 +313,16 @@ def failure_reason(log_text: str, suite: str, mirror: str) -> str | None:
 
 
 def installed_versions(root: Path) -> dict[str, str]:
-    """Every installed package's version in the tree at ``root``, read from its dpkg database."""
-    out = subprocess.run(
-        [
-            "dpkg-query",
-            f"--admindir={root / 'var/lib/dpkg'}",
-            "-W",
-            "-f",
-            "${db:Status-Abbrev}\t${Package}\t${Version}\n",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    """Every installed package's version in the tree at ``root``, read from its dpkg database.
+
+    :raises GuestImageError: dpkg-query is missing or cannot read the tree's database"""
+    command = ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W", "-f"]
+    command.append("${db:Status-Abbrev}\t${Package}\t${Version}\n")
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise GuestImageError(f"cannot list the packages installed in {root}: {detail.strip()}") from None
     versions = {}
     for line in out.splitlines():
         status, package, version = line.split("\t")

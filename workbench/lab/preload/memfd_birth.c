@@ -674,7 +674,7 @@ static int take_private_copies(void)
 		used += (size_t)n;
 	close(fd);
 	maps_buffer[used] = 0;
-	int inherited[MAX_REGIONS / 8];
+	static int inherited[MAX_REGIONS]; /* the child runs this with one thread */
 	int inherited_count = 0;
 	for (int i = 0; i < region_count; i++) {
 		int seen = 0;
@@ -727,7 +727,7 @@ pid_t fork(void)
 		next_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
 	pthread_mutex_lock(&lock);
 	int have = region_count > 0;
-	uintptr_t blocks[MAX_REGIONS / 8];
+	static uintptr_t blocks[MAX_REGIONS]; /* filled under the lock */
 	int block_count = 0;
 	for (int i = 0; i < region_count && block_count < (int)(sizeof blocks / sizeof *blocks); i++)
 		if (regions[i].malloc_block)
