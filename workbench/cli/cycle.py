@@ -69,13 +69,14 @@ def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
 )
 @click.option(
     "--workload",
-    type=click.Choice(["memfd", "sessions", "criu", "selftest", "baseline"]),
+    type=click.Choice(["memfd", "sessions", "criu", "selftest", "baseline", "systemd"]),
     default="memfd",
     show_default=True,
     help="memfd: preserve memfds; sessions: memfds of several sizes in one session and small files in a second; "
     "criu: keep a running process alive with CRIU (qemu target); selftest: the kernel's own liveupdate selftest "
     "(--selftest), stage 1 built from --kernel's sources, stage 2 from --next-kernel's (qemu target); baseline: a "
-    "kexec that preserves nothing (qemu target).",
+    "kexec that preserves nothing (qemu target); systemd: a service's memfds kept by systemd's own fd store across "
+    "systemctl kexec (guest target: --target guest).",
 )
 @click.option(
     "--selftest",
@@ -88,7 +89,15 @@ def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
 @click.option(
     "--sizes",
     callback=_parse_sizes,
-    help="sessions: the memfds of the cycle's session, comma-separated sizes (default 256M,16M,1028K,4K).",
+    help="sessions: the memfds of the cycle's session, comma-separated sizes (default 256M,16M,1028K,4K); systemd: "
+    "the memfds the service pushes into its fd store (default 64M,16M,4M).",
+)
+@click.option(
+    "--fdstore-preserve/--no-fdstore-preserve",
+    "fdstore_preserve",
+    default=True,
+    show_default=True,
+    help="systemd: the service's unit has FileDescriptorStorePreserve=yes (without it systemd drops the store).",
 )
 @click.option(
     "--small-files",
@@ -184,6 +193,7 @@ def cycle(
     sizes,
     small_files,
     small_file_size,
+    fdstore_preserve,
     anon_size,
     memfd_region,
     region_kind,
@@ -235,6 +245,7 @@ def cycle(
         "sizes": sizes,
         "small_files": small_files,
         "small_file_size": small_file_size,
+        "preserve": fdstore_preserve,
         "anon_size": anon_size,
         "memfd_region": memfd_region,
         "region_kind": region_kind,
@@ -368,6 +379,7 @@ _WORKLOAD_FLAGS = {
     "criu": ("anon_size", "memfd_region", "region_kind", "images", "criu", "criu_kdat", "lazy_pages", "seed"),
     "sessions": ("sizes", "small_files", "small_file_size", "seed"),
     "selftest": ("test",),
+    "systemd": ("sizes", "seed", "preserve"),
 }
 #: the selftest workload's kernels: the sources of stage 1's and stage 2's binaries follow --kernel and --next-kernel
 _SELFTEST_KERNELS = ("stage1_kernel", "stage2_kernel")
@@ -396,11 +408,13 @@ _SOURCE = {
     "memory_mb": "memory",
     "key": "ssh_key",
     "tokens": "tokens",
+    "preserve": "fdstore_preserve",
 }
 _FLAGS = {
     "criu_path": "criu",
     "memory": "memory",
     "ssh_key": "ssh-key",
+    "fdstore_preserve": "fdstore-preserve",
     "allow_this_machine": "i-really-want-to-kexec-this-machine",
 }
 
@@ -428,7 +442,8 @@ def _echo_any(r: dict) -> None:
             f"makedumpfile -d {kdump.get('dump_level')}) at {r['vmcore']}; record {r['record_id']}"
         )
         click.echo(f"  {r['kho_kdump']['finding']}")
-        click.echo(f"  inspect it: workbench inspect --vmcore {r['vmcore']} --vmlinux {r['vmlinux']}")
+        vmlinux = f" --vmlinux {r['vmlinux']}" if r.get("vmlinux") else ""  # none for a bare bzImage
+        click.echo(f"  inspect it: workbench inspect --vmcore {r['vmcore']}{vmlinux}")
         return
     if r.get("dry_run"):
         click.echo(

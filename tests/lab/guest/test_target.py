@@ -1,5 +1,5 @@
-"""The ``guest`` target: its spec and options, its record, and the refusal of cycles until a workload runs in the
-guest (no VM)."""
+"""The ``guest`` target: its spec and options, its record, and the refusal of every workload but ``systemd``
+(no VM)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,19 @@ def test_record_params_add_the_guest_to_qemus():
     assert params["guest"] == "debian-sid" and params["kernel"] == "7.2" and "cpus" in params
 
 
-def test_cycles_are_refused_until_a_workload_runs_in_the_guest():
+def test_only_the_systemd_workload_runs_in_the_guest():
     target = GuestTarget()
     with pytest.raises(InvalidCycle, match="runs on the qemu and ssh targets only, not guest"):
         target.validate(MemfdWorkload(), CycleParams())
-    with pytest.raises(InvalidCycle, match="no workload runs in the debian-sid guest yet"):
+    with pytest.raises(InvalidCycle, match="only the systemd workload runs in the debian-sid guest, not memfd"):
         target.runner(MemfdWorkload(), CycleParams(), None, None, None, None)
+
+
+def test_a_systemd_cycle_cannot_pause_or_dump():
+    from workbench.lab.workloads.systemd import SystemdWorkload
+
+    GuestTarget().validate(SystemdWorkload(), CycleParams())
+    with pytest.raises(InvalidCycle, match="cannot pause or dump: systemd drives it"):
+        GuestTarget().validate(SystemdWorkload(), CycleParams(pause_after=["prepare"]))
+    with pytest.raises(InvalidCycle, match="cannot pause or dump"):
+        GuestTarget(dump_after=["preserve"]).validate(SystemdWorkload(), CycleParams())

@@ -2,8 +2,8 @@
 (:mod:`workbench.lab.guest.image`) with systemd as PID 1 instead of the busybox initramfs over the host's root.
 
 The target spec is ``guest`` (the default guest, ``debian-sid``) or ``guest:NAME`` (``guest:debian-sid``). It
-boots the guest to ``multi-user.target`` (:meth:`GuestTarget.boot`); no workload runs in it yet, so a cycle on it
-is refused by the workloads' own target check."""
+boots the guest to ``multi-user.target`` (:meth:`GuestTarget.boot`) and runs the ``systemd`` workload
+(:mod:`workbench.lab.guest.runner`); the other workloads refuse it in their own target check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.guest.boot import GuestBoot, boot_guest
 from workbench.lab.guest.image import GuestImage, GuestSpec, resolve_guest
+from workbench.lab.guest.runner import GuestRunner
 from workbench.lab.kernel import LabKernel, build_kernel, resolve_kernel
 from workbench.lab.params import CycleParams
 from workbench.lab.qemu_target import QemuTarget
@@ -46,6 +47,11 @@ class GuestTarget(QemuTarget):
     def guest_name(self) -> str:
         return self.guest.name if isinstance(self.guest, GuestImage) else self.guest
 
+    def validate(self, workload: Workload, params: CycleParams) -> None:
+        super().validate(workload, params)
+        if params.pause_after or self.dump_after:
+            raise InvalidCycle(f"a cycle in the {self.guest_name} guest cannot pause or dump: systemd drives it")
+
     def prepare(self, workload: Workload, params: CycleParams) -> None:
         super().prepare(workload, params)
         self.guest = resolve_guest(self.guest)
@@ -57,7 +63,9 @@ class GuestTarget(QemuTarget):
         return params
 
     def runner(self, workload, params, run, on_event, cancel, on_pause) -> MarkRunner:
-        raise InvalidCycle(f"no workload runs in the {self.guest_name} guest yet; `workbench guest boot` boots it")
+        if workload.name != "systemd":
+            raise InvalidCycle(f"only the systemd workload runs in the {self.guest_name} guest, not {workload.name}")
+        return GuestRunner(self, workload, params, run, on_event, cancel)
 
     def boot(self, workdir: Path, *, timeout_s: float = 600.0) -> GuestBoot:
         """Boots the guest on this target's kernel, CPUs, memory (1 GiB unless set), TCG threads, command line and
