@@ -100,3 +100,39 @@ def test_model_finding_says_what_it_could_not_fit():
     finding = model_finding(bm.prediction_table(bm.fit(conversions_only)), bm.holdout_error(conversions_only))
     assert "Not counted, for want of lab cycles to fit them: preserve, kexec" in finding.text
     assert "memfd from birth needs no conversion" in finding.text
+
+
+def _vm_finding(vm_rows):
+    frame = pd.DataFrame([_row("pwrite", 2e9)])
+    return conversion_finding(frame, {"memcpy_bytes_per_s": 4e9}, vm_rows, {"anon_to_survived_s": 2.5})
+
+
+def test_unknown_page_identity_is_left_out_and_never_published_as_zero():
+    unknown = pd.DataFrame(
+        {"strategy": ["pwrite", "vmsplice-gift"], "verified": [True, True], "moved_pages": [None, float("nan")]}
+        | {"copied_pages": [None, float("nan")]}
+    )
+    finding = _vm_finding(unknown)
+    assert "vm_moved_pages" not in _numbers(finding)
+    assert "unknown: no page identity was measured" in finding.text and "kept their frame" not in finding.text
+    partly = unknown.assign(moved_pages=[None, 512], copied_pages=[None, 1536])
+    finding = _vm_finding(partly)
+    assert _numbers(finding)["vm_moved_pages"].value == 512
+    assert "512 kept their frame and 1,536 were copied; page identity unknown for pwrite." in finding.text
+
+
+def test_a_refused_memfd_whose_conversion_broke_fails_vm_verified():
+    vm_rows = pd.DataFrame(
+        {
+            "strategy": ["pwrite", "hugetlb"],
+            "verified": [True, False],
+            "preserve_refused": ["", "ENOENT: memfd_luo_can_preserve"],
+            "converted_verified": [None, False],
+        }
+    )
+    finding = _vm_finding(vm_rows)
+    numbers = _numbers(finding)
+    assert numbers["vm_verified"].value is False and numbers["vm_memfds"].value == 1
+    assert "LUO refused to preserve hugetlb" in finding.text and "conversion, NOT verified" in finding.text
+    fine = _numbers(_vm_finding(vm_rows.assign(converted_verified=[None, True])))
+    assert fine["vm_verified"].value is True

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.kernels.conversion.summary import preserved_rows
+from workbench.kernels.conversion.summary import measured_identity, preserved_rows
 from workbench.kernels.conversion_answer import best_by_strategy
 from workbench.report.headline import format_value
 
@@ -46,19 +46,38 @@ def _conversion_row(best: pd.DataFrame, limits: Mapping[str, float]) -> dict[str
 def _identity_row(vm_rows: pd.DataFrame) -> dict[str, str] | None:
     if not {"moved_pages", "copied_pages"} <= set(vm_rows.columns):
         return None
-    moved = vm_rows.groupby("strategy")["moved_pages"].sum()
-    copied = int(vm_rows["copied_pages"].fillna(0).sum())
+    situation = "zero copy (the anonymous page becomes the memfd's)"
+    counted = measured_identity(vm_rows)
+    unknown = list(dict.fromkeys(vm_rows.loc[~vm_rows.index.isin(counted.index), "strategy"]))
+    if counted.empty:
+        why = ""
+        if "page_identity_explanation" in vm_rows.columns and vm_rows["page_identity_explanation"].notna().any():
+            why = f": {vm_rows['page_identity_explanation'].dropna().iloc[0]}"
+        evidence = f"no page identity measured for the {len(vm_rows)} strategies in the lab VM{why}"
+        return {
+            "situation": situation,
+            "choice": "unknown: this run did not measure which pages moved",
+            "evidence": evidence,
+        }
+    moved = counted.groupby("strategy")["moved_pages"].sum()
+    copied = int(counted["copied_pages"].sum())
     movers = [name for name, count in moved.items() if count > 0]
     if movers:
         choice = f"zero copy exists: {', '.join(movers)} moved pages"
+    elif unknown:
+        choice = f"no measured strategy moves pages; unknown for {', '.join(unknown)}"
     else:
         choice = "no strategy moves pages: zero copy needs a kernel change"
     path = ""
-    splice = vm_rows[vm_rows["strategy"].str.startswith("vmsplice")]
-    if "page_identity_explanation" in vm_rows.columns and len(splice):
+    splice = counted[counted["strategy"].str.startswith("vmsplice")]
+    if "page_identity_explanation" in counted.columns and len(splice):
         path = f"; vmsplice: {splice['page_identity_explanation'].iloc[0]}"
-    evidence = f"{int(moved.sum()):,} pages moved, {copied:,} copied over {len(vm_rows)} strategies in the lab VM{path}"
-    return {"situation": "zero copy (the anonymous page becomes the memfd's)", "choice": choice, "evidence": evidence}
+    missing = f" (page identity unknown for {', '.join(unknown)})" if unknown else ""
+    evidence = (
+        f"{int(moved.sum()):,} pages moved, {copied:,} copied over {len(counted)} strategies in the lab VM"
+        f"{missing}{path}"
+    )
+    return {"situation": situation, "choice": choice, "evidence": evidence}
 
 
 def _huge_row(best: pd.DataFrame, vm_rows: pd.DataFrame | None) -> dict[str, str] | None:
@@ -81,7 +100,9 @@ def _huge_row(best: pd.DataFrame, vm_rows: pd.DataFrame | None) -> dict[str, str
                 if name == "thp-shmem" and bool(rows["verified"].all()):
                     choice = "thp-shmem (2 MiB folios) where the memory may be huge"
             elif "preserve_refused" in rows.columns:
-                parts.append(f"{name} refused by LUO: {rows['preserve_refused'].iloc[0]}")
+                checked = "converted_verified" in rows and all(v is True for v in rows["converted_verified"])
+                state = "verified" if checked else "NOT verified"
+                parts.append(f"{name} refused by LUO: {rows['preserve_refused'].iloc[0]}; its conversion {state}")
     if not parts:
         return None
     return {"situation": "huge pages", "choice": choice, "evidence": "; ".join(parts)}
@@ -100,16 +121,44 @@ def _birth_row(preload: Mapping[str, Any]) -> dict[str, str] | None:
             f"{name.upper()} throughput {rps['ratio']:.2f}×{spread}, page faults {faults['ratio']:.2f}×, "
             f"server CPU {cpu['ratio']:.2f}×"
         )
+    data_ok = preload.get("data_ok")
     evidence = (
         f"{preload.get('program_version') or preload.get('program')}: " + "; ".join(prices)
         + f"; {preload.get('birth_share', 0):.0%} of its resident memory in birth memfds, "
-        + ("data checked" if preload.get("data_ok") else "data NOT all checked")
+        + ("data checked" if data_ok is True else "data NOT all checked")
     )  # fmt: skip
+    if data_ok is True:
+        choice = (
+            f"allocate in memfds from birth: throughput {_throughput_price(tests)} of plain, nothing to convert in "
+            "the blackout (the blackout of a preserved birth-memfd program was not measured in this run)"
+        )
+    elif data_ok is False:
+        choice = (
+            "not memfd from birth: the LD_PRELOAD library did not keep the program's data "
+            f"(throughput {_throughput_price(tests)} of plain)"
+        )
+    else:
+        choice = "not memfd from birth: this run did not check that the LD_PRELOAD library keeps the program's data"
     return {
         "situation": "the program may be started differently (memfd from birth, LD_PRELOAD)",
-        "choice": "allocate in memfds from birth: nothing to convert in the blackout",
+        "choice": choice,
         "evidence": evidence,
     }
+
+
+def _throughput_price(tests: Mapping[str, Any]) -> str:
+    """The span of the measured throughput ratios (birth memfds against plain) over ``tests``: each test's
+    paired repeats where measured, else its ratio."""
+    values = []
+    for entry in tests.values():
+        rps = entry["rps"]
+        paired = rps.get("paired_ratio") or {}
+        if paired.get("low") is not None and paired.get("high") is not None:
+            values += [paired["low"], paired["high"]]
+        else:
+            values.append(rps["ratio"])
+    low, high = min(values), max(values)
+    return f"{low:.2f}×" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}×"
 
 
 def decision_table(

@@ -13,7 +13,7 @@ import pandas as pd
 
 from workbench.kernels.blackout.fitting import HoldoutReport
 from workbench.kernels.blackout.model import blackout_phases
-from workbench.kernels.conversion.summary import preserved_rows
+from workbench.kernels.conversion.summary import measured_identity, preserved_rows, refused_rows, vm_rows_verified
 from workbench.kernels.conversion_answer import best_by_strategy
 from workbench.report.headline import Finding, Number, format_value
 
@@ -77,29 +77,54 @@ def conversion_finding(
         )
     if vm_rows is not None and vm_cycle is not None and len(vm_rows):
         preserved = preserved_rows(vm_rows)
-        vm_verified = bool(len(preserved)) and bool(preserved["verified"].all())
+        vm_verified = vm_rows_verified(vm_rows)
         survived = vm_cycle.get("anon_to_survived_s")
         numbers += [
-            Number("vm_verified", "in the lab VM: every memfd verified after the kexec", vm_verified, exact=True),
+            Number(
+                "vm_verified",
+                "in the lab VM: every memfd verified (after the kexec; a refused one after its conversion)",
+                vm_verified,
+                exact=True,
+            ),
             Number("vm_memfds", "in the lab VM: strategies converted and preserved", len(preserved), exact=True),
             Number(
                 "vm_anon_to_survived_s", "in the lab VM: anonymous memory to restored", survived, "s", better="lower"
             ),
         ]
-        outcome = "all verified" if vm_verified else "NOT all verified"
+        came_back = bool(len(preserved)) and bool(preserved["verified"].all())
+        outcome = "all verified" if came_back else "NOT all verified"
         text += (
             f" In the lab VM ({vm_cycle.get('accelerator')}), {len(preserved)} memfds, one per strategy, were "
             f"preserved with LUO and came back after the kexec, {outcome}: {format_value(survived, 's')} from "
             "anonymous memory to restored."
         )
-        refused = vm_rows.loc[~vm_rows.index.isin(preserved.index), "strategy"]
+        refused = refused_rows(vm_rows)
         if len(refused):
-            text += f" LUO refused to preserve {', '.join(dict.fromkeys(refused))} (the reason is in its row)."
-        if {"moved_pages", "copied_pages"} <= set(vm_rows.columns):
-            moved, copied = int(vm_rows["moved_pages"].fillna(0).sum()), int(vm_rows["copied_pages"].fillna(0).sum())
-            numbers.append(Number("vm_moved_pages", "in the lab VM: pages moved, not copied", moved, exact=True))
-            text += f" Of the converted pages {moved:,} kept their frame and {copied:,} were copied."
+            checked = "converted_verified" in refused and all(v is True for v in refused["converted_verified"])
+            text += (
+                f" LUO refused to preserve {', '.join(dict.fromkeys(refused['strategy']))} (the reason is in its "
+                f"row); checked after the conversion, {'verified' if checked else 'NOT verified'}."
+            )
+        text, numbers = _page_identity(vm_rows, text, numbers)
     return Finding(text, numbers)
+
+
+def _page_identity(vm_rows: pd.DataFrame, text: str, numbers: list[Number]) -> tuple[str, list[Number]]:
+    """``text`` and ``numbers`` with the pages moved and copied of the lab VM's rows that counted them; a row
+    whose page identity is unknown (not root, no pagemap) is left out and named, and with none counted there is
+    no number."""
+    if not {"moved_pages", "copied_pages"} <= set(vm_rows.columns):
+        return text, numbers
+    counted = measured_identity(vm_rows)
+    unknown = vm_rows.loc[~vm_rows.index.isin(counted.index), "strategy"]
+    if counted.empty:
+        return text + " Which pages moved and which were copied is unknown: no page identity was measured.", numbers
+    moved, copied = int(counted["moved_pages"].sum()), int(counted["copied_pages"].sum())
+    numbers = [*numbers, Number("vm_moved_pages", "in the lab VM: pages moved, not copied", moved, exact=True)]
+    text += f" Of the converted pages {moved:,} kept their frame and {copied:,} were copied"
+    if len(unknown):
+        text += f"; page identity unknown for {', '.join(dict.fromkeys(unknown))}"
+    return text + ".", numbers
 
 
 def _size_name(mem_bytes: float) -> str:

@@ -1,10 +1,19 @@
 """The ``converted`` workload on the host: its strategies, request, sizing and per-memfd summary (the cycles in the lab
 VM are in test_conversion_bench.py)."""
 
+import os
+
 import pytest
 
 from workbench.lab.errors import InvalidCycle
-from workbench.lab.workloads.converted import ConvertedMemfdWorkload, resolve_specs, summarize
+from workbench.lab.liveupdate import LiveUpdateError
+from workbench.lab.workloads.converted import (
+    ConvertedMemfdWorkload,
+    GuestConversion,
+    probe_preservation,
+    resolve_specs,
+    summarize,
+)
 from workbench.lab.workloads.memfd import MemfdWorkload
 
 
@@ -96,3 +105,33 @@ def test_hugetlb_memfds_get_guest_ram_for_their_pool():
     base = ConvertedMemfdWorkload(memfds=2, memfd_size=256 << 20, convert=["copy-fresh", "copy-fresh"])
     huge = ConvertedMemfdWorkload(memfds=2, memfd_size=256 << 20, convert=["copy-fresh", "hugetlb"])
     assert huge.memory_mb() >= base.memory_mb() + 256 + 2
+
+
+def test_page_identity_is_read_after_the_conversion_not_inside_it():
+    guest = GuestConversion([resolve_specs(["copy-fresh"], 1)[0].as_request()], 4 << 20)
+    guest.make_sources()
+    fds = guest.convert()
+    try:
+        assert not any(key in guest.results[0] for key in ("moved_pages", "copied_pages", "huge_pages"))
+        assert guest.results[0]["convert_s"] > 0
+        guest.release_sources()
+        guest.record_identity(fds)
+        identity = guest.results[0]
+        assert identity["pages_converted"] == (4 << 20) // 4096
+        assert {"moved_pages", "copied_pages", "huge_pages", "page_identity_explanation"} <= set(identity)
+        if identity["moved_pages"] is None:  # not root: the reason is kept
+            assert identity["page_identity_explanation"].startswith("page identity unknown: ")
+        else:
+            assert identity["moved_pages"] + identity["copied_pages"] <= identity["pages_converted"]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_the_preservation_probe_closes_its_memfd_when_liveupdate_cannot_be_opened():
+    if os.path.exists("/dev/liveupdate"):
+        pytest.skip("this machine has a Live Update Orchestrator: the probe would preserve for real")
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(LiveUpdateError, match="/dev/liveupdate"):
+        probe_preservation("copy-fresh", "wb-probe-test")
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -8,7 +8,17 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["summarize", "summarize_vm", "preserved_rows", "plain_value", "TABLE_COLUMNS", "VM_COLUMNS"]
+__all__ = [
+    "summarize",
+    "summarize_vm",
+    "preserved_rows",
+    "refused_rows",
+    "measured_identity",
+    "vm_rows_verified",
+    "plain_value",
+    "TABLE_COLUMNS",
+    "VM_COLUMNS",
+]
 
 _STRATEGY_FIELDS = (
     "bytes_per_s",
@@ -98,7 +108,13 @@ VM_COLUMNS = [
     "copied_pages",
 ]
 
-_VM_STRATEGY_EXTRA = ("pages_converted", "huge_pages", "page_identity_explanation", "preserve_refused")
+_VM_STRATEGY_EXTRA = (
+    "pages_converted",
+    "huge_pages",
+    "page_identity_explanation",
+    "preserve_refused",
+    "converted_verified",
+)
 
 
 def preserved_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -109,12 +125,43 @@ def preserved_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["preserve_refused"].fillna("") == ""]
 
 
+def refused_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`workbench.lab.conversion_bench.bench_in_vm` frame whose memfds LUO refused to
+    preserve (``preserve_refused``): their memfds were only checked after the conversion (``converted_verified``)."""
+    return frame[~frame.index.isin(preserved_rows(frame).index)]
+
+
+def measured_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`workbench.lab.conversion_bench.bench_in_vm` frame whose page identity was measured
+    (``moved_pages`` and ``copied_pages`` both numbers; ``None`` or NaN means unknown: not root, no pagemap), with
+    those two columns as numbers."""
+    counts = frame[["moved_pages", "copied_pages"]].apply(pd.to_numeric, errors="coerce")
+    known = counts.notna().all(axis=1)
+    return frame[known].assign(
+        moved_pages=counts.loc[known, "moved_pages"], copied_pages=counts.loc[known, "copied_pages"]
+    )
+
+
+def vm_rows_verified(frame: pd.DataFrame) -> bool:
+    """Whether every row of a :func:`workbench.lab.conversion_bench.bench_in_vm` frame verified: the preserved
+    memfds after the kexec (``verified``), the refused ones after their conversion (``converted_verified`` true; a
+    refused row without it is not verified). False when no memfd was preserved."""
+    preserved, refused = preserved_rows(frame), refused_rows(frame)
+    if not len(preserved) or not bool(preserved["verified"].all()):
+        return False
+    if not len(refused):
+        return True
+    if "converted_verified" not in refused:
+        return False
+    return all(value is True for value in refused["converted_verified"])  # None or NaN: never checked
+
+
 def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary of :func:`workbench.lab.conversion_bench.bench_in_vm`: per strategy (largest size, its
     fastest thread count) the conversion rate, ``ratio_to_memcpy`` against the guest's memcpy measured in the same
     boot, and the end-to-end time to a verified memfd after the kexec, its moved and copied pages; the guest's
     limits; every row. A strategy whose memfds LUO refused to preserve is listed in ``refused`` with the kernel's
-    reason and does not count against ``all_verified``."""
+    reason; its memfds, checked only after their conversion, count in ``all_verified`` by ``converted_verified``."""
     strategies: dict[str, Any] = {}
     refused: dict[str, str] = {}
     for name, rows in frame.groupby("strategy", sort=False):
@@ -126,7 +173,6 @@ def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str,
         reasons = [reason for reason in rows.get("preserve_refused", []) if reason]
         if reasons:
             refused[name] = "; ".join(dict.fromkeys(reasons))
-    preserved = preserved_rows(frame)
     limits = cycles[-1].get("target_limits", {}) if cycles else {}
     return {
         **params,
@@ -136,9 +182,7 @@ def summarize_vm(frame, cycles: list[dict], params: dict[str, Any]) -> dict[str,
         "memcpy_bytes_per_s": plain_value(limits.get("memcpy_bytes_per_s")),
         "anon_to_survived_s": [c.get("anon_to_survived_s") for c in cycles],
         "cycle_records": [c.get("record_id") for c in cycles],
-        "all_verified": bool(len(preserved))
-        and bool(preserved["verified"].all())
-        and all(c["verified"] for c in cycles),
+        "all_verified": vm_rows_verified(frame) and all(c["verified"] for c in cycles),
         "unavailable": {},
         "refused": refused,
         "strategies": strategies,

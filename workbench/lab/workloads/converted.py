@@ -8,7 +8,8 @@ checked after the kexec are the anonymous memory's, so a cycle that verifies pro
 preservation, kexec, retrieval.
 
 Each conversion also records its page identity (:mod:`workbench.kernels.conversion.page_identity`): the physical
-frames of the source before and of the memfd after, counted as ``moved_pages`` and ``copied_pages``. The
+frames of the source before and of the memfd after, counted as ``moved_pages`` and ``copied_pages``, read once the
+timed ``convert`` phase is over (reading them is measurement, not conversion). The
 huge-page strategies get what they need at run time (shmem THP on advice, a hugetlb pool), and, before anything
 is converted, LUO is asked to preserve a small memfd of their kind: a kind the kernel refuses (7.2's memfd
 handler does not take hugetlbfs files) is still converted and checked, but left out of the preservation, its row
@@ -185,7 +186,8 @@ class GuestConversion:
         return [source.hashes for source in self.sources]
 
     def convert(self) -> list[int]:
-        """Runs each memfd's strategy on its source; returns the memfds (the caller owns them)."""
+        """Runs each memfd's strategy on its source; returns the memfds (the caller owns them). Only the
+        conversion is done here: :meth:`record_identity` adds the page identity, outside the timed phase."""
         fds = []
         for entry, source in zip(self.entries, self.sources, strict=True):
             options = conversion.Options(entry["copier"], entry["threads"], entry["pipe_size"])
@@ -199,10 +201,15 @@ class GuestConversion:
                     "alloc_s": None if math.isnan(converted.alloc_s) else converted.alloc_s,
                     "copy_s": None if math.isnan(converted.copy_s) else converted.copy_s,
                     "pipe_size_obtained": converted.pipe_size_obtained,
-                    **self.identity(entry["strategy"], self.source_frames[len(fds) - 1], converted.fd),
                 }
             )
         return fds
+
+    def record_identity(self, fds: list[int]) -> None:
+        """Adds to each conversion's result the page identity of its memfd (``fds``, as :meth:`convert`
+        returned them): reading the memfds' frames and flags is measurement, not part of the conversion."""
+        for result, source_frames, fd in zip(self.results, self.source_frames, fds, strict=True):
+            result.update(self.identity(result["strategy"], source_frames, fd))
 
     def identity(self, strategy: str, source_frames: np.ndarray | str, fd: int) -> dict:
         """The page identity of the memfd ``fd`` that ``strategy`` filled from a source whose frames were
@@ -286,22 +293,24 @@ def probe_preservation(strategy: str, session_name: str) -> dict | None:
         fd = conversion.STRATEGIES[strategy].convert(source, options).fd
     finally:
         source.close()
-    luo = LiveUpdate()
     try:
-        session = luo.create_session(session_name)
+        luo = LiveUpdate()
         try:
-            session.preserve(fd, _PROBE_TOKEN)
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno, str(exc.errno))
-            return {
-                "errno": code,
-                "message": str(exc),
-                "code_path": REFUSAL_CODE_PATHS.get(exc.errno, "not traced in the lab kernel's sources"),
-            }
+            session = luo.create_session(session_name)
+            try:
+                session.preserve(fd, _PROBE_TOKEN)
+            except OSError as exc:
+                code = errno.errorcode.get(exc.errno, str(exc.errno))
+                return {
+                    "errno": code,
+                    "message": str(exc),
+                    "code_path": REFUSAL_CODE_PATHS.get(exc.errno, "not traced in the lab kernel's sources"),
+                }
+            finally:
+                session.close()
         finally:
-            session.close()
+            luo.close()
     finally:
-        luo.close()
         os.close(fd)
     return None
 
@@ -396,6 +405,7 @@ class ConvertedMemfdAgent(MemfdAgent):
         with self.phase("convert"):
             memfds = self.conversion.convert()
         self.conversion.release_sources()
+        self.conversion.record_identity(memfds)
         self.state["conversions"] = self.conversion.results
         memfds = self.leave_out_refused(memfds)
         maps = [mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) for fd in memfds]
