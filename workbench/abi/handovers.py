@@ -130,8 +130,9 @@ def decode_handovers(
     :param mem: guest physical memory
     :param fdt_phys: the FDT to report, when known
     :param memory_map: walk the outgoing handover's preserved-memory radix tree
-    :param strict: let an :class:`AbiError` of the outgoing handover (or of ``fdt_phys``'s) propagate; incoming and
-        older handovers are always decoded leniently
+    :param strict: let an :class:`AbiError` of the chosen handover propagate (unless it is the incoming one,
+        whose ``luo_ser`` LUO frees once read). Every other FDT is decoded leniently, its errors in its
+        :attr:`~workbench.abi.handover.Handover.errors`: a stale or garbled FDT beside it does not stop the report
     :raises HandoverNotFound: no KHO FDT in ``mem``
     :raises AmbiguousHandover: several FDTs whose kexec metadata does not tell which is the running kernel's
     """
@@ -149,31 +150,30 @@ def decode_handovers(
         )
     handovers = []
     for r in roles:
-        outgoing = r.role in ("outgoing", "unknown")
-        h = decode_handover(
-            mem,
-            r.phys,
-            memory_map=memory_map and outgoing,
-            strict=strict and (outgoing or r.phys == fdt_phys) and r.role != "incoming",
-        )
-        h.role, h.role_reason, h.memory_map_consumed = r.role, r.reason, not outgoing
+        walked = r.role in ("outgoing", "unknown")
+        h = decode_handover(mem, r.phys, memory_map=memory_map and walked, strict=False)
+        h.role, h.role_reason, h.memory_map_consumed = r.role, r.reason, not walked
         handovers.append(h)
+    chosen, why = _choose(handovers, fdt_phys)
+    if strict and chosen.role != "incoming" and chosen.errors:
+        raise chosen.errors[0]  # what a strict decode of it alone raises: the first part that failed
+    return HandoverSet(handovers, chosen, why)
+
+
+def _choose(handovers: list[Handover], fdt_phys: int | None) -> tuple[Handover, str]:
+    """The handover to report and why (see :func:`decode_handovers`)."""
     by_role = {h.role: h for h in handovers}
     if fdt_phys is not None:
-        chosen = next(h for h in handovers if h.fdt.phys == fdt_phys)
-        why = f"the FDT at {fdt_phys:#x} was asked for"
-    elif "incoming" not in by_role:
-        chosen = by_role["outgoing"]
-        why = "the running kernel's own handover: " + (
+        return next(h for h in handovers if h.fdt.phys == fdt_phys), f"the FDT at {fdt_phys:#x} was asked for"
+    own = by_role["outgoing"]
+    if "incoming" not in by_role:
+        return own, "the running kernel's own handover: " + (
             "the only one in memory" if len(handovers) == 1 else "no other FDT is the one it was handed"
         )
-    elif by_role["outgoing"].luo is not None and by_role["outgoing"].luo.sessions_pa:
-        chosen = by_role["outgoing"]
-        why = "the running kernel's own handover, already serialized for the next kexec"
-    else:
-        chosen = by_role["incoming"]
-        why = (
-            "the handover the running kernel was handed (the kexec metadata says which FDT is which); its own "
-            "outgoing one is not serialized"
-        )
-    return HandoverSet(handovers, chosen, why)
+    if own.luo is not None and own.luo.sessions_pa:
+        return own, "the running kernel's own handover, already serialized for the next kexec"
+    state = "is not serialized" if own.luo is not None else "has no LUO state that decodes (see its errors)"
+    return by_role["incoming"], (
+        "the handover the running kernel was handed (the kexec metadata says which FDT is which); its own "
+        f"outgoing one {state}"
+    )

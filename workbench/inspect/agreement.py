@@ -6,7 +6,8 @@ next kernel will read (or was handed): the session list (``luo_ser_out->sessions
 ``block_set.head_pa`` before deserialization) and each memfd's ``struct memfd_luo_ser`` and folio array at the
 file's ``serialized_data`` (until the next kernel's retrieve frees them), decoded by :mod:`workbench.abi`; for the
 outgoing side also the preserved-memory radix tree. :func:`compare_views` lines them up (pure);
-:func:`handover_agreement` reads both views from a kernel.
+:func:`bytes_view` decodes the bytes' view (bytes the kernel points at that do not decode are a disagreement, not a
+fact left out); :func:`handover_agreement` reads both views from a kernel.
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ from workbench.inspect.memfd import MEMFD_COMPATIBLE, memfd_folios, memfd_inode
 if TYPE_CHECKING:
     from workbench.abi.physmem import PhysicalMemory
 
-__all__ = ["VIEW_COLUMNS", "AGREEMENT_COLUMNS", "compare_views", "handover_agreement", "agreement_summary"]
+__all__ = [
+    "VIEW_COLUMNS",
+    "AGREEMENT_COLUMNS",
+    "UNDECODED",
+    "compare_views",
+    "bytes_view",
+    "with_undecoded",
+    "handover_agreement",
+    "agreement_summary",
+]
 
 #: a view of the preserved files: one row per file; ``size``, ``folios`` and ``pfns`` (a tuple) are ``None`` where
 #: the view does not know them
 VIEW_COLUMNS = ["direction", "session", "token", "size", "folios", "pfns"]
 AGREEMENT_COLUMNS = ["direction", "session", "token", "what", "kernel", "bytes", "agree"]
+#: how ``bytes`` begins in the row of bytes the kernel points at that do not decode (a disagreement)
+UNDECODED = "does not decode: "
 
 
 def _known(value: Any) -> bool:
@@ -124,7 +136,18 @@ def _kernel_view(prog: drgn.Program) -> tuple[pd.DataFrame, list[tuple[str, str,
     return pd.DataFrame(rows, columns=VIEW_COLUMNS, dtype=object), sers
 
 
-def _memfd_row(mem: PhysicalMemory, direction: str, session: str, token: int, ser_phys: int) -> dict:
+def _undecoded_row(
+    direction: str, session: str | None, token: int | None, what: str, kernel: str, exc: Exception
+) -> dict:
+    """A disagreement: the kernel points at bytes (``kernel`` says where) that do not decode."""
+    row = _row(direction, session, token, what, kernel, None)
+    return row | {"bytes": f"{UNDECODED}{exc}", "agree": False}
+
+
+def _memfd_row(
+    mem: PhysicalMemory, direction: str, session: str, token: int, ser_phys: int
+) -> tuple[dict, dict | None]:
+    """The bytes' view of one memfd, and the disagreement row when its ``memfd_luo_ser`` does not decode."""
     from workbench.abi.errors import AbiError
     from workbench.abi.memfd import decode_memfd
 
@@ -132,13 +155,48 @@ def _memfd_row(mem: PhysicalMemory, direction: str, session: str, token: int, se
     row["pfns"] = None
     try:
         memfd = decode_memfd(mem, ser_phys, f"memfd {session}/{token:#x}")
-    except AbiError:
-        return row
-    return row | {
-        "size": memfd.size,
-        "folios": memfd.ser.nr_folios,
-        "pfns": tuple(int(p) for p in memfd.folios["pfn"]),
-    }
+    except AbiError as exc:
+        where = f"memfd_luo_ser at {ser_phys:#x}"
+        return row, _undecoded_row(direction, session, token, "memfd_luo_ser", where, exc)
+    facts = {"size": memfd.size, "folios": memfd.ser.nr_folios, "pfns": tuple(int(p) for p in memfd.folios["pfn"])}
+    return row | facts, None
+
+
+def bytes_view(
+    mem: PhysicalMemory, sessions_pa: int, sers: list[tuple[str, str, int, int]]
+) -> tuple[pd.DataFrame, bool, list[dict]]:
+    """The bytes' view (:data:`VIEW_COLUMNS`), whether it comes from a session list, and a disagreement row
+    (:data:`AGREEMENT_COLUMNS`, ``agree`` False, ``bytes`` naming the error) for each part that does not decode.
+
+    :param mem: the kernel's physical memory
+    :param sessions_pa: the outgoing session list (``luo_ser_out->sessions_pa``; 0: not serialized)
+    :param sers: where the kernel's files still have their ``memfd_luo_ser``: (direction, session, token, phys)
+    """
+    from workbench.abi.errors import AbiError
+    from workbench.abi.luo import decode_session_list
+
+    rows, undecoded, sessions = [], [], []
+    if sessions_pa:
+        try:
+            sessions, _pages = decode_session_list(mem, sessions_pa)
+        except AbiError as exc:
+            where = f"luo_ser_out->sessions_pa {sessions_pa:#x}"
+            undecoded.append(_undecoded_row("outgoing", None, None, "session list", where, exc))
+    for s in sessions:
+        for f in s.files:
+            if f.compatible == MEMFD_COMPATIBLE:
+                row, failed = _memfd_row(mem, "outgoing", s.name, f.token, f.data)
+                rows.append(row)
+                undecoded += [failed] if failed else []
+            else:
+                rows.append({"direction": "outgoing", "session": s.name, "token": f.token})
+    done = {(r["direction"], r["session"], r["token"]) for r in rows}
+    for where in sers:
+        if where[:3] not in done:
+            row, failed = _memfd_row(mem, *where)
+            rows.append(row)
+            undecoded += [failed] if failed else []
+    return pd.DataFrame(rows, columns=VIEW_COLUMNS, dtype=object), bool(sessions), undecoded
 
 
 def handover_agreement(
@@ -147,6 +205,7 @@ def handover_agreement(
     """The kernel's objects against the handover bytes, fact by fact (:func:`compare_views`): sessions and tokens
     where the bytes hold a session list with kernel sessions beside it (the outgoing side once serialized), and
     each memfd's size, folio count and pfns where the kernel has its file and the bytes its ``memfd_luo_ser``.
+    Bytes the kernel points at that do not decode are a disagreement, their error in ``bytes``.
 
     :param prog: kernel program
     :param mem: its physical memory (default: read through ``prog``)
@@ -154,8 +213,6 @@ def handover_agreement(
         to check that every outgoing memfd folio is in it
     """
     # imported here: workbench.abi compiles numba kernels on import, which an unprivileged process cannot cache
-    from workbench.abi.errors import AbiError
-    from workbench.abi.luo import decode_session_list
     from workbench.abi.physmem import DrgnMemory
 
     mem = mem or DrgnMemory(prog)
@@ -163,37 +220,41 @@ def handover_agreement(
     luo = global_object(prog, "luo_global", "CONFIG_LIVEUPDATE")
     ser = luo.luo_ser_out if has_member(luo, "luo_ser_out") else None
     sessions_pa = int(ser.sessions_pa.value_()) if ser is not None and ser.value_() else 0
-    listed = False
-    rows = []
-    if sessions_pa:
-        try:
-            sessions, _pages = decode_session_list(mem, sessions_pa)
-        except AbiError:
-            sessions = []
-        listed = bool(sessions)
-        for s in sessions:
-            for f in s.files:
-                if f.compatible == MEMFD_COMPATIBLE:
-                    rows.append(_memfd_row(mem, "outgoing", s.name, f.token, f.data))
-                else:
-                    rows.append({"direction": "outgoing", "session": s.name, "token": f.token})
-    done = {(r["direction"], r["session"], r["token"]) for r in rows}
-    rows += [_memfd_row(mem, *where) for where in sers if where[:3] not in done]
-    from_bytes = pd.DataFrame(rows, columns=VIEW_COLUMNS, dtype=object)
+    from_bytes, listed, undecoded = bytes_view(mem, sessions_pa, sers)
     pfns = None if preserved is None else preserved["pfn"].to_numpy(dtype=np.uint64)
-    return compare_views(kernel, from_bytes, listed=listed, preserved=pfns)
+    return with_undecoded(compare_views(kernel, from_bytes, listed=listed, preserved=pfns), undecoded)
+
+
+def with_undecoded(table: pd.DataFrame, undecoded: list[dict]) -> pd.DataFrame:
+    """``table`` (from :func:`compare_views`) with the disagreement rows of :func:`bytes_view` after it.
+
+    :param table: the facts compared
+    :param undecoded: rows for bytes that do not decode
+    """
+    if not undecoded:
+        return table
+    rows = pd.DataFrame(undecoded, columns=AGREEMENT_COLUMNS, dtype=object).astype(
+        {"token": "UInt64", "agree": "boolean"}
+    )
+    return pd.concat([table, rows], ignore_index=True) if len(table) else rows
 
 
 def agreement_summary(table: pd.DataFrame) -> dict:
     """``checked`` (facts both views hold), ``one_sided`` (facts only one holds), ``agree`` (every checked fact
-    agrees; ``None`` when none was checked) and the ``disagreements`` as records."""
+    agrees; ``None`` when none was checked; ``False`` when bytes the kernel points at do not decode), the
+    ``disagreements`` as records and, of them, what did not decode (``undecoded``: what, where and the error).
+
+    :param table: from :func:`handover_agreement` (``None``: not read)
+    """
     if table is None or not len(table):
-        return {"checked": 0, "one_sided": 0, "agree": None, "disagreements": []}
+        return {"checked": 0, "one_sided": 0, "agree": None, "disagreements": [], "undecoded": []}
     both = table[table["agree"].notna()]
     bad = both[~both["agree"].astype(bool)]
+    failed = bad[bad["bytes"].str.startswith(UNDECODED)]
     return {
         "checked": int(len(both)),
         "one_sided": int(len(table) - len(both)),
         "agree": bad.empty if len(both) else None,
         "disagreements": bad.to_dict("records"),
+        "undecoded": [f"{r.what} ({r.kernel}) {r.bytes}" for r in failed.itertuples(index=False)],
     }
