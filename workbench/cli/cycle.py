@@ -69,14 +69,24 @@ def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
 )
 @click.option(
     "--workload",
-    type=click.Choice(["memfd", "sessions", "criu", "selftest", "baseline", "systemd"]),
+    type=click.Choice(["memfd", "sessions", "criu", "selftest", "baseline", "systemd", "preload"]),
     default="memfd",
     show_default=True,
     help="memfd: preserve memfds; sessions: memfds of several sizes in one session and small files in a second; "
     "criu: keep a running process alive with CRIU (qemu target); selftest: the kernel's own liveupdate selftest "
     "(--selftest), stage 1 built from --kernel's sources, stage 2 from --next-kernel's (qemu target); baseline: a "
     "kexec that preserves nothing (qemu target); systemd: a service's memfds kept by systemd's own fd store across "
-    "systemctl kexec (guest target: --target guest).",
+    "systemctl kexec (guest target: --target guest); preload: an unmodified program (--program) whose memory is "
+    "in memfds from birth (LD_PRELOAD), its birth memfds preserved as they are (qemu target).",
+)
+@click.option(
+    "--program",
+    default="redis-server",
+    show_default=True,
+    help="preload: the Debian program to run with its memory in memfds from birth.",
+)
+@click.option(
+    "--size", "program_size", type=SIZE, default="32M", show_default=True, help="preload: the program's data set."
 )
 @click.option(
     "--selftest",
@@ -194,6 +204,8 @@ def cycle(
     small_files,
     small_file_size,
     fdstore_preserve,
+    program,
+    program_size,
     anon_size,
     memfd_region,
     region_kind,
@@ -246,6 +258,8 @@ def cycle(
         "small_files": small_files,
         "small_file_size": small_file_size,
         "preserve": fdstore_preserve,
+        "program": program,
+        "size": program_size,
         "anon_size": anon_size,
         "memfd_region": memfd_region,
         "region_kind": region_kind,
@@ -380,6 +394,7 @@ _WORKLOAD_FLAGS = {
     "sessions": ("sizes", "small_files", "small_file_size", "seed"),
     "selftest": ("test",),
     "systemd": ("sizes", "seed", "preserve"),
+    "preload": ("program", "size", "seed"),
 }
 #: the selftest workload's kernels: the sources of stage 1's and stage 2's binaries follow --kernel and --next-kernel
 _SELFTEST_KERNELS = ("stage1_kernel", "stage2_kernel")
@@ -409,12 +424,14 @@ _SOURCE = {
     "key": "ssh_key",
     "tokens": "tokens",
     "preserve": "fdstore_preserve",
+    "size": "program_size",
 }
 _FLAGS = {
     "criu_path": "criu",
     "memory": "memory",
     "ssh_key": "ssh-key",
     "fdstore_preserve": "fdstore-preserve",
+    "program_size": "size",
     "allow_this_machine": "i-really-want-to-kexec-this-machine",
 }
 

@@ -34,6 +34,7 @@ _BUILTIN = {
     "selftest": "workbench.lab.workloads.selftest",
     "sessions": "workbench.lab.workloads.sessions",
     "baseline": "workbench.lab.workloads.baseline",
+    "preload": "workbench.lab.workloads.preload",
     "systemd": "workbench.lab.workloads.systemd",
 }
 _REGISTRY: dict[str, type[Workload]] = {}
