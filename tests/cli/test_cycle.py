@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from workbench.cli.cycle import cycle
+from workbench.cli.cycle import _echo_any, cycle
 
 
 def _run(tmp_path, *args):
@@ -25,3 +25,22 @@ def test_sizes_and_the_session_name_are_checked_before_anything_starts(tmp_path)
     assert out.exit_code == 2 and "sizes[1] 1000 is not a positive multiple" in out.output
     out = _run(tmp_path, "--workload", "sessions", "--session", "s" * 58)
     assert out.exit_code == 2 and "at most 57 bytes, or no small files" in out.output
+
+
+def test_a_crashed_cycle_prints_how_to_inspect_its_kdump_with_a_vmlinux_only_when_there_is_one(capsys):
+    crashed = {
+        "outcome": "crashed",
+        "crashed_after": "preserve",
+        "kdump": {"dump_bytes": 40 << 20, "dump_level": 23},
+        "vmcore": "/runs/r1/vmcore-crash.kdump",
+        "vmlinux": "/k/vmlinux",
+        "record_id": "r1",
+        "kho_kdump": {"finding": "KHO and kdump coexist before the kexec"},
+    }
+    _echo_any(crashed)
+    out = capsys.readouterr().out
+    assert "CRASHED on purpose after preserve: kdump (40 MiB, makedumpfile -d 23)" in out
+    assert "inspect it: workbench inspect --vmcore /runs/r1/vmcore-crash.kdump --vmlinux /k/vmlinux\n" in out
+    _echo_any({**crashed, "vmlinux": None})  # the crashed kernel was a bare bzImage
+    out = capsys.readouterr().out
+    assert "inspect it: workbench inspect --vmcore /runs/r1/vmcore-crash.kdump\n" in out and "None" not in out

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from workbench.lab.cycle import check, run_cycle
-from workbench.lab.errors import InvalidCycle, LabError
+from workbench.lab.errors import InvalidCycle, LabError, ShareFileError, ShareFileMalformed
 from workbench.lab.faults import Faults
+from workbench.lab.initramfs import INIT_SCRIPT
+from workbench.lab.inventory import LabHost
 from workbench.lab.kdump import (
     CRASH_KHO_SCRATCH,
     CRASHKERNEL,
@@ -32,10 +34,12 @@ from workbench.lab.kdump import (
     makedumpfile_output,
 )
 from workbench.lab.params import CycleParams
-from workbench.lab.protocol import FRAMES_AFTER, FRAMES_BEFORE
+from workbench.lab.protocol import FRAMES_AFTER, FRAMES_BEFORE, Event, format_mark, parse_mark
 from workbench.lab.qemu import running_vms
 from workbench.lab.qemu_target import QemuTarget
-from workbench.lab.workload import make_workload
+from workbench.lab.ssh.target import SshTarget
+from workbench.lab.target import Target
+from workbench.lab.workload import make_workload, workload_class
 from workbench.lab.workloads.memfd import MemfdWorkload
 from workbench.records import RecordStore
 
@@ -70,18 +74,45 @@ def test_a_fault_with_an_unknown_crash_point_is_refused_and_a_known_one_travels_
 
 
 def test_crash_needs_a_target_with_kdump_and_a_workload_that_stops_there():
-    check_crash(None, "selftest", "ssh:lab1", False)  # no crash asked for: nothing to check
-    check_crash("preserve", "criu", "qemu", True)
+    memfd, criu, selftest = make_workload("memfd"), make_workload("criu"), make_workload("selftest")
+    ssh = SshTarget(LabHost(name="lab1", host="lab1.example"))
+    check_crash(None, selftest, ssh)  # no crash asked for: nothing to check
+    check_crash("preserve", criu, QemuTarget())
+    for point in ("preserve", "retrieve", "restore"):
+        check_crash(point, memfd, QemuTarget())
     with pytest.raises(InvalidCycle, match="needs the lab VM .* ssh:lab1 target has no kdump"):
-        check_crash("preserve", "memfd", "ssh:lab1", False)
-    with pytest.raises(InvalidCycle, match="--crash-after retrieve works with the memfd, sessions, converted"):
-        check_crash("retrieve", "criu", "qemu", True)
-    with pytest.raises(InvalidCycle, match="not with selftest"):
+        check_crash("preserve", memfd, ssh)
+    with pytest.raises(
+        InvalidCycle, match="--crash-after retrieve needs a workload .* criu workload's agent can crash "
+    ):
+        check_crash("retrieve", criu, QemuTarget())
+    with pytest.raises(InvalidCycle, match="selftest workload's agent can crash the target at no point"):
         check(
             make_workload("selftest"),
             CycleParams(faults=Faults(crash_after="preserve")),
             QemuTarget(),
         )
+
+
+def test_what_can_crash_is_said_by_the_workload_and_target_classes():
+    assert Target.supports_kdump is False and SshTarget.supports_kdump is False and QemuTarget.supports_kdump is True
+    assert workload_class("criu").crash_points == ("preserve",)
+    for name in ("memfd", "sessions", "converted"):
+        assert workload_class(name).crash_points == ("preserve", "retrieve", "restore")
+    for name in ("selftest", "baseline"):
+        assert workload_class(name).crash_points == ()
+
+
+def test_the_kdump_marks_are_the_protocols_and_the_capture_initramfs_prints_them():
+    assert parse_mark(format_mark(Event.CRASH, {"after": "preserve"})) == ("crash", {"after": "preserve"})
+    assert f'echo "WB-MARK {Event.KDUMP_START}"' in INIT_SCRIPT
+    assert f'echo "WB-MARK {Event.KDUMP_SAVED} {{' in INIT_SCRIPT
+    assert f'echo "WB-MARK {Event.KDUMP_ERROR} {{' in INIT_SCRIPT
+    saved = INIT_SCRIPT.split(f"WB-MARK {Event.KDUMP_SAVED} ")[1].split('"\n')[0]
+    event, data = parse_mark(
+        "WB-MARK kdump-saved " + saved.replace('\\"', '"').replace("$dumpfile", DUMP_FILE).replace("$dumplevel", "23")
+    )
+    assert event == Event.KDUMP_SAVED and data == {"file": DUMP_FILE, "level": 23}
 
 
 def test_the_capture_kernel_boots_one_cpu_into_the_initramfs_kdump_phase():
@@ -139,30 +170,41 @@ def test_without_a_reservation_or_a_dump_they_do_not_coexist_and_the_finding_say
 def test_the_dump_is_moved_out_of_the_share_only_when_it_is_a_plain_kdump_file(tmp_path):
     share, run = tmp_path / "guest", tmp_path
     share.mkdir()
-    with pytest.raises(ValueError, match="reported the dump '../etc/passwd'"):
+    with pytest.raises(ShareFileError, match="reported the dump '../etc/passwd'"):
         claim_dump(share, "../etc/passwd", run)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ShareFileError, match="is missing"):
         claim_dump(share, DUMP_FILE, run)
     outside = tmp_path / "secret"
     outside.write_bytes(b"KDUMP   " + bytes(100))
     (share / DUMP_FILE).symlink_to(outside)
-    with pytest.raises(ValueError, match="not a plain file"):
+    with pytest.raises(ShareFileError, match="is a symlink"):
+        claim_dump(share, DUMP_FILE, run)
+    (share / DUMP_FILE).unlink()
+    os.mkfifo(share / DUMP_FILE)
+    with pytest.raises(ShareFileError, match="not a regular file"):
         claim_dump(share, DUMP_FILE, run)
     (share / DUMP_FILE).unlink()
     (share / DUMP_FILE).write_bytes(b"\x7fELF" + bytes(100))
-    with pytest.raises(ValueError, match="not a kdump-compressed file"):
+    with pytest.raises(ShareFileMalformed, match="not a kdump-compressed file"):
         claim_dump(share, DUMP_FILE, run)
+    assert (share / DUMP_FILE).exists() and not (run / DUMP_FILE).exists()
     (share / DUMP_FILE).write_bytes(b"KDUMP   " + bytes(100))
     moved = claim_dump(share, DUMP_FILE, run)
     assert moved == run / DUMP_FILE and moved.read_bytes()[:8] == b"KDUMP   " and not (share / DUMP_FILE).exists()
+    assert not moved.is_symlink()
 
 
 def test_only_the_end_of_a_plain_makedumpfile_log_is_read(tmp_path):
     assert makedumpfile_output(tmp_path) == ""
     (tmp_path / "makedumpfile.log").write_text("x" * 10_000 + "makedumpfile Completed.\n")
     assert makedumpfile_output(tmp_path, limit=24) == "makedumpfile Completed.\n"
+    (tmp_path / "makedumpfile.log").write_text("short\n")
+    assert makedumpfile_output(tmp_path) == "short\n"
     (tmp_path / "makedumpfile.log").unlink()
     (tmp_path / "makedumpfile.log").symlink_to("/etc/hostname")
+    assert makedumpfile_output(tmp_path) == ""
+    (tmp_path / "makedumpfile.log").unlink()
+    os.mkfifo(tmp_path / "makedumpfile.log")  # a FIFO that never ends is not read at all
     assert makedumpfile_output(tmp_path) == ""
 
 

@@ -35,6 +35,14 @@ def test_format_and_parse_are_inverse():
     assert parse_mark(format_mark(Event.KEXEC)) == (Event.KEXEC, {"text": ""})
 
 
+def test_every_event_is_one_distinct_word_the_kdump_ones_included():
+    events = [value for name, value in vars(Event).items() if name.isupper() and isinstance(value, str)]
+    assert len(events) == len(set(events)) and all(" " not in e for e in events)
+    assert {Event.CRASH, Event.KDUMP_START, Event.KDUMP_SAVED, Event.KDUMP_ERROR} <= set(events)
+    line = "[ 9.1] " + format_mark(Event.KDUMP_SAVED, {"file": "vmcore-crash.kdump", "level": 23})
+    assert parse_mark(line) == (Event.KDUMP_SAVED, {"file": "vmcore-crash.kdump", "level": 23})
+
+
 def test_request_is_one_flat_object_and_workload_fields_cannot_shadow_the_cycles(tmp_path):
     request = Request(workload="memfd", session="s", pause_after=["preserve"], workload_fields={"memfds": 2})
     path = request.write(tmp_path)

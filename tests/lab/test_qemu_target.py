@@ -3,6 +3,7 @@
 import pytest
 
 from workbench.lab.errors import InvalidCycle
+from workbench.lab.kdump import CRASHKERNEL, CRASHKERNEL_MB
 from workbench.lab.params import CycleParams
 from workbench.lab.qemu_target import QemuTarget, lab_kernel_args
 from workbench.lab.workloads.memfd import MemfdWorkload
@@ -30,6 +31,16 @@ def test_guest_memory_grows_with_the_memfds_unless_given():
     assert QemuTarget().memory_for(MemfdWorkload(memfds=2, memfd_size=64 << 20)) == 1024
     assert QemuTarget().memory_for(MemfdWorkload(memfds=1, memfd_size=1 << 30)) >= 2 * 1024 + 640
     assert QemuTarget(memory_mb=3000).memory_for(MemfdWorkload()) == 3000
+
+
+def test_a_crashing_cycle_gets_the_capture_kernels_reservation_on_top_of_what_the_workload_needs():
+    workload = MemfdWorkload(memfds=2, memfd_size=64 << 20)
+    assert CRASHKERNEL.removesuffix("M") == str(CRASHKERNEL_MB)
+    assert QemuTarget().memory_for(workload, "preserve") == workload.memory_mb() + CRASHKERNEL_MB
+    assert QemuTarget().memory_for(workload, None) == workload.memory_mb()
+    assert QemuTarget(memory_mb=2048).memory_for(workload, "preserve") == 2048  # memory given: the user's call
+    # a reservation of the user's own is not the workbench's to size
+    assert QemuTarget(kernel_args="crashkernel=256M").memory_for(workload, "restore") == workload.memory_mb()
 
 
 def test_record_params_keep_the_names_earlier_records_used():

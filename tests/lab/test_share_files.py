@@ -23,8 +23,10 @@ from workbench.lab.share_files import (
     ListOf,
     MapOf,
     Scalar,
+    open_share_file,
     read_share_bytes,
     read_share_json,
+    read_share_tail,
     read_state_file,
 )
 
@@ -111,6 +113,41 @@ def test_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path):
     (tmp_path / "restore.json").mkdir()
     with pytest.raises(ShareFileError, match="is not a regular file"):
         read_state_file(tmp_path, "restore")
+
+
+def test_a_share_file_is_opened_once_and_checked_on_that_descriptor(tmp_path):
+    (tmp_path / "vmcore").write_bytes(b"KDUMP   ")
+    fd, info = open_share_file(tmp_path, "vmcore")
+    try:
+        assert os.fstat(fd).st_ino == info.st_ino == (tmp_path / "vmcore").stat().st_ino and info.st_size == 8
+        (tmp_path / "vmcore").unlink()  # what the descriptor reads no longer depends on the name
+        (tmp_path / "vmcore").symlink_to("/etc/hostname")
+        assert os.pread(fd, 8, 0) == b"KDUMP   "
+    finally:
+        os.close(fd)
+    with pytest.raises(ShareFileError, match="is a symlink"):
+        open_share_file(tmp_path, "vmcore")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ShareFileError, match="is not a regular file"):
+        open_share_file(tmp_path, "fifo")
+    with pytest.raises(ShareFileError, match="not a plain file name"):
+        open_share_file(tmp_path, "../vmcore")
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(content=st.binary(max_size=3000), limit=st.integers(0, 4000))
+def test_the_tail_of_a_file_is_its_last_bytes_whatever_its_size(tmp_path, content, limit):
+    (tmp_path / "log").write_bytes(content)
+    assert read_share_tail(tmp_path, "log", limit=limit) == content[len(content) - min(limit, len(content)) :]
+
+
+def test_the_tail_of_a_symlink_or_a_fifo_is_refused(tmp_path):
+    (tmp_path / "log").symlink_to("/etc/hostname")
+    with pytest.raises(ShareFileError, match="is a symlink"):
+        read_share_tail(tmp_path, "log", limit=10)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ShareFileError, match="is not a regular file"):
+        read_share_tail(tmp_path, "fifo", limit=10)
 
 
 def _catch(into: list[BaseException], call, *args) -> None:

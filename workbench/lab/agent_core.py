@@ -252,14 +252,14 @@ class Agent:
         :param spec: the request's ``faults.crash_after`` (:func:`workbench.lab.kdump.capture_request`)"""
         # imported here: only the lab VM crashes, and an SSH host's copy of the agent (ssh/agent_files.py) has no
         # kdump module
-        from workbench.lab.kdump import KdumpEvent, capture_facts, crash_now, load_capture_kernel
+        from workbench.lab.kdump import capture_facts, crash_now, load_capture_kernel
 
         t0 = time.monotonic()
         load_capture_kernel(spec["kernel"], spec["initrd"], spec["cmdline"])
         self.state["kdump"] = {"capture_load_s": time.monotonic() - t0, "point": spec["point"], **capture_facts()}
         self.state["current_phase"] = "crash"
         self.save()
-        mark(KdumpEvent.CRASH, {"after": spec["point"]})
+        mark(Event.CRASH, {"after": spec["point"]})
         crash_now()
         raise RuntimeError("the kernel did not panic on sysrq c")
 

@@ -124,7 +124,7 @@ def check(workload: Workload, params: CycleParams, target: Target) -> None:
     workload.validate_session(params.session)
     workload.validate_faults(params.faults)
     target.validate(workload, params)
-    check_crash(params.faults.crash_after, workload.name, target.label, getattr(target, "supports_kdump", False))
+    check_crash(params.faults.crash_after, workload, target)
 
 
 def run_cycles(

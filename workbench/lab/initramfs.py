@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from workbench.lab.kernel import cache_root
 
-__all__ = ["INIT_SCRIPT", "write_cpio", "build_initramfs", "BUSYBOX"]
+__all__ = ["INIT_SCRIPT", "write_cpio", "busybox_initramfs", "build_initramfs", "BUSYBOX"]
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -156,31 +157,34 @@ def write_cpio(path: Path, files: dict[str, tuple[int, bytes]]) -> None:
     tmp.replace(path)
 
 
-def build_initramfs(busybox: Path = BUSYBOX) -> Path:
-    """The cached initramfs for the current init script and busybox binary."""
+def busybox_initramfs(
+    name: str,
+    script: str,
+    folders: Sequence[str],
+    busybox: Path = BUSYBOX,
+    missing: Callable[[str], Exception] = FileNotFoundError,
+) -> Path:
+    """The cached initramfs ``<name>-<key>.cpio`` of ``busybox`` (as ``/bin/busybox``), the init ``script`` (as
+    ``/init``) and empty ``folders``, keyed by the script and the busybox binary; built atomically on first use.
+
+    :raises missing: (called with the message) ``busybox`` does not exist"""
     if not busybox.exists():
-        raise FileNotFoundError(f"{busybox} is missing: install Debian's busybox-static (make system-deps)")
+        raise missing(f"{busybox} is missing: install Debian's busybox-static (make system-deps)")
     blob = busybox.read_bytes()
-    key = hashlib.sha256(INIT_SCRIPT.encode() + blob).hexdigest()[:12]
-    path = cache_root() / "initramfs" / f"initramfs-{key}.cpio"
+    key = hashlib.sha256(script.encode() + blob).hexdigest()[:12]
+    path = cache_root() / "initramfs" / f"{name}-{key}.cpio"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    d = stat.S_IFDIR | 0o755
-    x = stat.S_IFREG | 0o755
-    write_cpio(
-        path,
-        {
-            "bin": (d, b""),
-            "dev": (d, b""),
-            "proc": (d, b""),
-            "sys": (d, b""),
-            "newroot": (d, b""),
-            "bin/busybox": (x, blob),
-            "init": (x, INIT_SCRIPT.encode()),
-        },
-    )
+    files = {folder: (stat.S_IFDIR | 0o755, b"") for folder in ("bin", *folders)}
+    files.update({"bin/busybox": (stat.S_IFREG | 0o755, blob), "init": (stat.S_IFREG | 0o755, script.encode())})
+    write_cpio(path, files)
     return path
+
+
+def build_initramfs(busybox: Path = BUSYBOX) -> Path:
+    """The cached initramfs for the current init script and busybox binary."""
+    return busybox_initramfs("initramfs", INIT_SCRIPT, ("dev", "proc", "sys", "newroot"), busybox)
 
 
 def clear_cache() -> None:

@@ -25,22 +25,27 @@ reads what the agent and the capture kernel left."""
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import os
 import re
-import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workbench.lab.errors import InvalidCycle, LabError
+from workbench.lab.errors import InvalidCycle, LabError, ShareFileError, ShareFileMalformed
+from workbench.lab.liveupdate import KEXEC_FILE_ON_CRASH, kexec_file_load
+from workbench.lab.share_files import open_share_file, read_share_tail
+
+if TYPE_CHECKING:
+    from workbench.lab.target import Target
+    from workbench.lab.workload import Workload
 
 __all__ = [
     "CRASH_POINTS",
     "CRASHKERNEL",
+    "CRASHKERNEL_MB",
     "CRASH_KHO_SCRATCH",
     "DUMP_LEVEL",
     "DUMP_FILE",
-    "KdumpEvent",
     "TargetCrashed",
     "crash_pause_point",
     "check_crash",
@@ -56,9 +61,11 @@ __all__ = [
 
 #: the moments ``--crash-after`` can panic the target at; ``retrieve`` and ``restore`` name the same one
 CRASH_POINTS = ("preserve", "retrieve", "restore")
-#: memory reserved for the capture kernel: its lean kernel, the busybox initramfs and makedumpfile over 9p fit
-#: in it, and a 1 GiB guest keeps 896 MiB
-CRASHKERNEL = "128M"
+#: memory reserved for the capture kernel, in MiB: its lean kernel, the busybox initramfs and makedumpfile over 9p
+#: fit in it; the lab VM adds it to the memory the workload needs (``QemuTarget.memory_for``)
+CRASHKERNEL_MB = 128
+#: the ``crashkernel=`` boot argument's value
+CRASHKERNEL = f"{CRASHKERNEL_MB}M"
 #: KHO's scratch areas (lowmem, global, per node) in a crashing cycle. By default KHO sizes its lowmem scratch at
 #: 200 % of the memory the kernel reserved below 4 GiB, the crash reservation included: with crashkernel=192M a
 #: 1 GiB guest asked for 456 MiB of contiguous lowmem on top of the 192 MiB reservation, which failed on some
@@ -71,25 +78,9 @@ DUMP_LEVEL = 23
 DUMP_FILE = "vmcore-crash.kdump"
 #: what makedumpfile printed, in the results folder (the initramfs writes it)
 MAKEDUMPFILE_LOG = "makedumpfile.log"
-#: the workloads whose agents stop at each crash point (the agent crashes where it would pause)
-CRASH_WORKLOADS = {
-    "preserve": ("memfd", "sessions", "converted", "criu"),
-    "restore": ("memfd", "sessions", "converted"),
-}
-
-KEXEC_FILE_ON_CRASH = 0x2
-SYS_KEXEC_FILE_LOAD = 320  # x86_64
+#: the most bytes of makedumpfile's log the host looks at (its end)
+MAKEDUMPFILE_LOG_LIMIT = 4096
 KDUMP_MAGIC = b"KDUMP   "
-
-
-class KdumpEvent:
-    """The ``WB-MARK`` events of a crash: the agent prints ``crash`` just before the panic, the capture kernel's
-    initramfs ``kdump-start``, then ``kdump-saved`` (``{"file", "level"}``) or ``kdump-error`` (``{"rc"}``)."""
-
-    CRASH = "crash"
-    START = "kdump-start"
-    SAVED = "kdump-saved"
-    ERROR = "kdump-error"
 
 
 class TargetCrashed(LabError):
@@ -112,23 +103,23 @@ def crash_pause_point(point: str) -> str:
     return "preserve" if point == "preserve" else "restore"
 
 
-def check_crash(point: str | None, workload_name: str, target_name: str, supports_kdump: bool) -> None:
+def check_crash(point: str | None, workload: Workload, target: Target) -> None:
     """Raises :class:`InvalidCycle` when a cycle cannot crash at ``point`` (None: no crash asked for).
 
     :param point: the ``--crash-after`` point
-    :param workload_name: the cycle's workload
-    :param target_name: the cycle's target, for the message
-    :param supports_kdump: whether the target can reserve memory for and boot a capture kernel
+    :param workload: the cycle's workload: its agent must stop there (its ``crash_points``)
+    :param target: the cycle's target: it must reserve memory for and boot a capture kernel (its ``supports_kdump``)
     """
     if point is None:
         return
-    pause = crash_pause_point(point)
-    if not supports_kdump:
-        raise InvalidCycle(f"--crash-after needs the lab VM (qemu target): the {target_name} target has no kdump")
-    if workload_name not in CRASH_WORKLOADS[pause]:
+    crash_pause_point(point)
+    if not target.supports_kdump:
+        raise InvalidCycle(f"--crash-after needs the lab VM (qemu target): the {target.label} target has no kdump")
+    if point not in workload.crash_points:
+        where = f"after {', '.join(workload.crash_points)} only" if workload.crash_points else "at no point"
         raise InvalidCycle(
-            f"--crash-after {point} works with the {', '.join(CRASH_WORKLOADS[pause])} workloads, whose agents stop "
-            f"there; not with {workload_name}"
+            f"--crash-after {point} needs a workload whose agent stops there; the {workload.name} workload's agent "
+            f"can crash the target {where}"
         )
 
 
@@ -166,30 +157,18 @@ def capture_request(point: str, kernel: Path, initrd: Path, tcg: bool) -> dict[s
 # -- in the target ---------------------------------------------------------------------------------------------
 def load_capture_kernel(kernel: str, initrd: str, cmdline: str) -> None:
     """``kexec_file_load(KEXEC_FILE_ON_CRASH)``: the kernel a panic boots into. Raises ``OSError`` naming why the
-    kernel refused it (no ``crashkernel=`` reservation, or one too small: ``EADDRNOTAVAIL``/``ENOMEM``)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    raw = cmdline.encode() + b"\0"
-    kfd = os.open(kernel, os.O_RDONLY)
+    kernel refused it (no ``crashkernel=`` reservation, or one too small: ``EADDRNOTAVAIL``/``ENOMEM``).
+
+    :param kernel: the capture kernel's bzImage
+    :param initrd: its initramfs
+    :param cmdline: its command line (:func:`capture_cmdline`)
+    """
     try:
-        ifd = os.open(initrd, os.O_RDONLY)
-        try:
-            ret = libc.syscall(
-                ctypes.c_long(SYS_KEXEC_FILE_LOAD),
-                ctypes.c_int(kfd),
-                ctypes.c_int(ifd),
-                ctypes.c_ulong(len(raw)),
-                ctypes.c_char_p(raw),
-                ctypes.c_ulong(KEXEC_FILE_ON_CRASH),
-            )
-        finally:
-            os.close(ifd)
-    finally:
-        os.close(kfd)
-    if ret != 0:
-        err = ctypes.get_errno()
-        hint = " (is memory reserved with crashkernel=, and large enough?)" if err in (12, 22, 99) else ""
-        raise OSError(err, f"kexec_file_load({kernel}, KEXEC_FILE_ON_CRASH): {os.strerror(err)}{hint}")
+        kexec_file_load(kernel, initrd, cmdline, flags=KEXEC_FILE_ON_CRASH)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOMEM, errno.EINVAL, errno.EADDRNOTAVAIL):
+            raise
+        raise OSError(exc.errno, f"{exc.strerror} (is memory reserved with crashkernel=, and large enough?)") from None
 
 
 def _read(path: str) -> str | None:
@@ -235,47 +214,47 @@ def crash_now() -> None:
 
 # -- on the host -----------------------------------------------------------------------------------------------
 def claim_dump(results: Path, name: object, into: Path) -> Path:
-    """Moves the dump the capture kernel wrote into the results folder (untrusted: a plain file named as asked,
-    no link, a kdump header) to the run's folder ``into``; returns its new path. Raises ``ValueError`` saying
-    what is wrong with it.
+    """Moves the dump the capture kernel wrote into the results folder (untrusted: a regular file named as asked,
+    no link, a kdump header) to the run's folder ``into``; returns its new path.
 
     :param results: the results folder the guest writes (the 9p share)
     :param name: the file name the capture kernel reported
     :param into: the run's folder
+    :raises ShareFileError: the name is not :data:`DUMP_FILE`, or the file is missing, a symlink or not a regular
+        file, or was replaced while it was moved
+    :raises ShareFileMalformed: the file is not kdump-compressed
     """
-    if name != DUMP_FILE:
-        raise ValueError(f"the capture kernel reported the dump {name!r}, not {DUMP_FILE!r}")
     source = results / DUMP_FILE
+    if name != DUMP_FILE:
+        raise ShareFileError(f"the capture kernel reported the dump {name!r}, not {DUMP_FILE!r}", source)
+    fd, opened = open_share_file(results, DUMP_FILE)
     try:
-        info = os.lstat(source)
-    except FileNotFoundError:
-        raise ValueError(f"the capture kernel reported a dump, but {source} does not exist") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{source} is not a plain file (a link or a device): refused")
-    with open(source, "rb") as f:
-        magic = f.read(len(KDUMP_MAGIC))
-    if magic != KDUMP_MAGIC:
-        raise ValueError(f"{source} is not a kdump-compressed file (magic {magic!r})")
-    target = into / DUMP_FILE
-    os.replace(source, target)
+        magic = os.pread(fd, len(KDUMP_MAGIC), 0)
+        if magic != KDUMP_MAGIC:
+            raise ShareFileMalformed(f"{source} is not a kdump-compressed file (magic {magic!r})", source)
+        target = into / DUMP_FILE
+        os.replace(source, target)
+        moved = os.lstat(target)
+        if (moved.st_dev, moved.st_ino) != (opened.st_dev, opened.st_ino):
+            os.unlink(target)
+            raise ShareFileError(f"{source} was replaced while it was moved into {into}: refused", source)
+    except OSError as exc:
+        raise ShareFileError(f"{source} cannot be moved into {into}: {exc.strerror or exc}", source) from None
+    finally:
+        os.close(fd)
     return target
 
 
-def makedumpfile_output(results: Path, limit: int = 4096) -> str:
+def makedumpfile_output(results: Path, limit: int = MAKEDUMPFILE_LOG_LIMIT) -> str:
     """The end (at most ``limit`` bytes) of what makedumpfile printed in the capture kernel, from the results
-    folder; empty when the file is missing or not a plain file.
+    folder; empty when the file is missing, a symlink or not a regular file.
 
     :param results: the results folder the guest writes (the 9p share)
     :param limit: how many bytes from its end to read
     """
-    path = results / MAKEDUMPFILE_LOG
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return ""
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
-            return f.read(limit).decode(errors="replace")
-    except OSError:
+        return read_share_tail(results, MAKEDUMPFILE_LOG, limit=limit).decode(errors="replace")
+    except ShareFileError:
         return ""
 
 

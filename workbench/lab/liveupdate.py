@@ -19,6 +19,8 @@ __all__ = [
     "LiveUpdateError",
     "LiveUpdate",
     "Session",
+    "KEXEC_FILE_ON_CRASH",
+    "KEXEC_FILE_NO_INITRAMFS",
     "kexec_file_load",
     "reboot_kexec",
     "power_off",
@@ -42,6 +44,8 @@ _FINISH_ARG = struct.Struct("<II")  # struct liveupdate_session_finish
 _NAME_ARG = struct.Struct("<II64s")  # struct liveupdate_session_get_name
 
 SYS_KEXEC_FILE_LOAD = 320  # x86_64
+KEXEC_FILE_ON_CRASH = 0x2  # load the kernel a panic boots (into the crashkernel= reservation)
+KEXEC_FILE_NO_INITRAMFS = 0x4
 LINUX_REBOOT_MAGIC1 = 0xFEE1DEAD
 LINUX_REBOOT_MAGIC2 = 672274793
 LINUX_REBOOT_CMD_KEXEC = 0x45584543
@@ -158,30 +162,40 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def kexec_file_load(kernel: str, initrd: str | None, cmdline: str) -> None:
-    """Loads the next kernel (``kexec_file_load(2)``); KHO state is handed to it at the kexec."""
+def kexec_file_load(kernel: str, initrd: str | None, cmdline: str, flags: int = 0) -> None:
+    """Loads a kernel with ``kexec_file_load(2)``: by default the next kernel, to which KHO state is handed at the
+    kexec. Raises ``OSError`` with the kernel's errno.
+
+    :param kernel: the bzImage, a path on this machine
+    :param initrd: its initramfs (None: none, ``KEXEC_FILE_NO_INITRAMFS`` is added to ``flags``)
+    :param cmdline: its command line
+    :param flags: ``KEXEC_FILE_*`` flags, e.g. :data:`KEXEC_FILE_ON_CRASH` for the kernel a panic boots
+    """
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
-    kfd = os.open(kernel, os.O_RDONLY)
-    ifd = os.open(initrd, os.O_RDONLY) if initrd else -1
-    flags = 0 if initrd else 0x4  # KEXEC_FILE_NO_INITRAMFS
+    if not initrd:
+        flags |= KEXEC_FILE_NO_INITRAMFS
     raw = cmdline.encode() + b"\0"
+    kfd = os.open(kernel, os.O_RDONLY)
     try:
-        ret = libc.syscall(
-            ctypes.c_long(SYS_KEXEC_FILE_LOAD),
-            ctypes.c_int(kfd),
-            ctypes.c_int(ifd),
-            ctypes.c_ulong(len(raw)),
-            ctypes.c_char_p(raw),
-            ctypes.c_ulong(flags),
-        )
-        if ret != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"kexec_file_load({kernel}): {os.strerror(err)}")
+        ifd = os.open(initrd, os.O_RDONLY) if initrd else -1
+        try:
+            ret = libc.syscall(
+                ctypes.c_long(SYS_KEXEC_FILE_LOAD),
+                ctypes.c_int(kfd),
+                ctypes.c_int(ifd),
+                ctypes.c_ulong(len(raw)),
+                ctypes.c_char_p(raw),
+                ctypes.c_ulong(flags),
+            )
+        finally:
+            if ifd >= 0:
+                os.close(ifd)
     finally:
         os.close(kfd)
-        if ifd >= 0:
-            os.close(ifd)
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"kexec_file_load({kernel}, flags {flags:#x}): {os.strerror(err)}")
 
 
 def _reboot(cmd: int) -> None:

@@ -47,7 +47,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -56,6 +55,7 @@ from pathlib import Path
 
 from workbench.lab.errors import LabError
 from workbench.lab.kernel_source import cache_lock, cache_root
+from workbench.lab.toolchain import tool_version
 
 __all__ = [
     "SOURCE",
@@ -137,19 +137,7 @@ def compiler_version(cc: str = "gcc") -> str:
 
     :param cc: the C compiler's name on ``PATH``, or its path
     :raises PreloadError: it is missing or does not run"""
-    if shutil.which(cc) is None:
-        raise PreloadError(
-            f"no C compiler: {cc!r} is not on PATH; the memfd-from-birth library is compiled on this machine, so "
-            "install build-essential (workbench/lab/scripts/install-system-deps.sh does, as root)"
-        )
-    try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PreloadError(f"{cc} --version did not run: {exc}") from None
-    lines = (out.stdout or out.stderr).strip().splitlines()
-    if out.returncode or not lines:
-        raise PreloadError(f"the C compiler {cc!r} does not run: `{cc} --version` exited {out.returncode}")
-    return lines[0].strip()
+    return tool_version(cc, what="C compiler", purpose="the memfd-from-birth library", error=PreloadError)
 
 
 def library_key(compiler: str, source: Path = SOURCE) -> str:

@@ -42,13 +42,17 @@ __all__ = [
 ]
 
 MARK = "WB-MARK "
-#: what request.json may ask for; 2 added dry_run, confirm_kexec and next_phase (the SSH target needs 2)
+#: what request.json may ask for; 2 added dry_run, confirm_kexec and next_phase (the SSH target needs 2). The
+#: ``faults.crash_after`` of kdump changed nothing an SSH agent reads: only the lab VM, whose agent is always this
+#: checkout's, is ever sent it (:func:`workbench.lab.kdump.check_crash`)
 PROTOCOL = 2
 
 
 class Event:
     """The ``WB-MARK`` events. The agent prints the first group, the initramfs ``init`` and ``init-error``, the
-    CRIU workload program ``workload-resumed`` and ``workload-error``."""
+    CRIU workload program ``workload-resumed`` and ``workload-error``; a cycle that crashes on purpose
+    (``faults.crash_after``, :mod:`workbench.lab.kdump`) ends with the last group: the agent prints ``crash``, the
+    capture kernel's initramfs ``kdump-start`` and then ``kdump-saved`` or ``kdump-error``."""
 
     AGENT_START = "agent-start"  # {"phase": "prepare" | "restore" | "probe"}
     SETUP = "setup"  # {"name", "s"}: set-up outside the phases (compiling the hash kernel)
@@ -65,6 +69,10 @@ class Event:
     INIT = "init"  # the initramfs started (text: its wb.phase)
     INIT_ERROR = "init-error"  # the initramfs could not start the agent
     WORKLOAD_RESUMED = "workload-resumed"  # a CRIU-restored process noticed that it runs again
+    CRASH = "crash"  # {"after"}: printed just before the agent panics the target (sysrq c)
+    KDUMP_START = "kdump-start"  # the capture kernel's initramfs started
+    KDUMP_SAVED = "kdump-saved"  # {"file", "level"}: makedumpfile wrote the dump into the results folder
+    KDUMP_ERROR = "kdump-error"  # {"rc"}: makedumpfile failed
     FAILURES = (ERROR, INIT_ERROR)
 
 
@@ -140,6 +148,11 @@ class Request:
     next_kernel: str = ""
     next_initrd: str = ""
     pause_after: list[str] = field(default_factory=list)
+    #: :meth:`workbench.lab.faults.Faults.to_request` and the workload's own faults; ``crash_after``, when given, is
+    #: the object :func:`workbench.lab.kdump.capture_request` builds: ``point`` (``preserve``, ``retrieve`` or
+    #: ``restore``), ``pause`` (the agent's pause point where it crashes: ``preserve`` or ``restore``), ``kernel``
+    #: and ``initrd`` (the capture kernel's files, paths the target sees), ``cmdline`` (its command line) and
+    #: ``level`` (makedumpfile's dump level)
     faults: dict[str, Any] = field(default_factory=dict)
     next_phase: str = "restore"
     dry_run: bool = False

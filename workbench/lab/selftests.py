@@ -36,6 +36,7 @@ from pathlib import Path
 from workbench.lab.errors import SelftestBuildError
 from workbench.lab.kernel import LabKernel
 from workbench.lab.kernel_source import cache_lock
+from workbench.lab.toolchain import tool_version
 
 __all__ = [
     "SELFTEST_DIR",
@@ -192,19 +193,7 @@ def compiler_version(cc: str = "gcc") -> str:
 
 
 def _tool_version(tool: str, what: str) -> str:
-    if shutil.which(tool) is None:
-        raise SelftestBuildError(
-            f"no {what}: {tool!r} is not on PATH; the liveupdate selftests are compiled on this machine, so install "
-            "build-essential (workbench/lab/scripts/install-system-deps.sh does, as root)"
-        )
-    try:
-        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SelftestBuildError(f"the {what} {tool!r} does not run: {exc}") from None
-    lines = (out.stdout or out.stderr).strip().splitlines()
-    if out.returncode or not lines:
-        raise SelftestBuildError(f"the {what} {tool!r} does not run: `{tool} --version` exited {out.returncode}")
-    return lines[0].strip()
+    return tool_version(tool, what=what, purpose="the liveupdate selftests", error=SelftestBuildError)
 
 
 def selftests_key(source: Path, compiler: str) -> str:

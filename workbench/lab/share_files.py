@@ -2,10 +2,11 @@
 the untrusted input they are: a buggy or hostile target decides their bytes, their size, and whether they are
 files at all.
 
-Every read is bounded (the caller's limit, :data:`JSON_LIMIT` for JSON), takes a plain file name (no ``/``, no
-``..``), opens it with ``O_NOFOLLOW`` and reads it only if it is a regular file, so neither a symlink to the host's
-own files nor a FIFO that never ends is followed out of the run folder. JSON is checked against the shape the host
-relies on (:data:`STATE_SHAPE` for a state file): what does not fit raises
+Every read is bounded (the caller's limit, :data:`JSON_LIMIT` for JSON, the end of a log with
+:func:`read_share_tail`), takes a plain file name (no ``/``, no ``..``), opens it with ``O_NOFOLLOW`` and reads it
+only if it is a regular file (:func:`open_share_file`, which a caller that moves a large file uses too), so neither
+a symlink to the host's own files nor a FIFO that never ends is followed out of the run folder. JSON is checked
+against the shape the host relies on (:data:`STATE_SHAPE` for a state file): what does not fit raises
 :class:`~workbench.lab.errors.ShareFileMalformed` naming the file and the field; every other refusal raises
 :class:`~workbench.lab.errors.ShareFileError`. Nothing else escapes a read.
 
@@ -34,7 +35,9 @@ __all__ = [
     "Fields",
     "MEMFD_SHAPE",
     "STATE_SHAPE",
+    "open_share_file",
     "read_share_bytes",
+    "read_share_tail",
     "read_share_json",
     "read_state_file",
 ]
@@ -204,13 +207,13 @@ def _share_path(folder: Path, name: str) -> Path:
     return Path(folder) / name
 
 
-def read_share_bytes(folder: Path, name: str, *, limit: int) -> bytes:
-    """The bytes of the agent's file ``name`` in the share ``folder``, at most ``limit`` of them.
+def open_share_file(folder: Path, name: str) -> tuple[int, os.stat_result]:
+    """Opens the agent's file ``name`` in the share ``folder`` for reading, never through a symlink, and checks on
+    the open descriptor that it is a regular file; returns the descriptor (the caller closes it) and its ``fstat``.
 
     :param folder: the run's share (``guest/``), where the agent writes
     :param name: the file's name in it (no folders)
-    :param limit: the most bytes the file may have; a larger one is refused, never read whole
-    :raises ShareFileError: the file is missing, a symlink, not a regular file, larger than ``limit``, or unreadable"""
+    :raises ShareFileError: the file is missing, a symlink, not a regular file, or cannot be opened"""
     path = _share_path(folder, name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -225,8 +228,25 @@ def read_share_bytes(folder: Path, name: str, *, limit: int) -> bytes:
         raise ShareFileError(f"{path} cannot be opened: {exc.strerror or exc}", path) from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ShareFileError(f"{path} is not a regular file; the host reads only files the agent wrote", path)
+    except OSError as exc:
+        os.close(fd)
+        raise ShareFileError(f"{path} cannot be read: {exc.strerror or exc}", path) from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ShareFileError(f"{path} is not a regular file; the host reads only files the agent wrote", path)
+    return fd, info
+
+
+def read_share_bytes(folder: Path, name: str, *, limit: int) -> bytes:
+    """The bytes of the agent's file ``name`` in the share ``folder``, at most ``limit`` of them.
+
+    :param folder: the run's share (``guest/``), where the agent writes
+    :param name: the file's name in it (no folders)
+    :param limit: the most bytes the file may have; a larger one is refused, never read whole
+    :raises ShareFileError: the file is missing, a symlink, not a regular file, larger than ``limit``, or unreadable"""
+    fd, info = open_share_file(folder, name)
+    path = Path(folder) / name
+    try:
         if info.st_size > limit:
             raise ShareFileError(f"{path} is {info.st_size} bytes, more than the {limit} it may have", path)
         chunks, size = [], 0
@@ -238,6 +258,32 @@ def read_share_bytes(folder: Path, name: str, *, limit: int) -> bytes:
             size += len(chunk)
         if size > limit:
             raise ShareFileError(f"{path} grew past the {limit} bytes it may have while it was read", path)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ShareFileError(f"{path} cannot be read: {exc.strerror or exc}", path) from None
+    finally:
+        os.close(fd)
+
+
+def read_share_tail(folder: Path, name: str, *, limit: int) -> bytes:
+    """The last ``limit`` bytes (all of them, for a smaller file) of the agent's file ``name`` in the share
+    ``folder``: the end of a log of any size.
+
+    :param folder: the run's share (``guest/``), where the agent writes
+    :param name: the file's name in it (no folders)
+    :param limit: how many bytes from its end to read
+    :raises ShareFileError: the file is missing, a symlink, not a regular file, or unreadable"""
+    fd, info = open_share_file(folder, name)
+    path = Path(folder) / name
+    try:
+        start = max(0, info.st_size - limit)
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.pread(fd, min(1 << 20, limit - size), start + size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
         return b"".join(chunks)
     except OSError as exc:
         raise ShareFileError(f"{path} cannot be read: {exc.strerror or exc}", path) from None

@@ -37,6 +37,9 @@ class Target:
     """Base class of the targets. Subclasses are dataclasses; they set ``name`` and implement :meth:`runner`."""
 
     name: ClassVar[str] = ""
+    #: it can boot with a ``crashkernel=`` reservation and a capture kernel for ``--crash-after``
+    #: (:mod:`workbench.lab.kdump`)
+    supports_kdump: ClassVar[bool] = False
 
     @property
     def label(self) -> str:

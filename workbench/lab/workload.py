@@ -55,6 +55,9 @@ class Workload:
     targets: ClassVar[tuple[str, ...]] = ("qemu", "ssh")
     #: the guest RAM a QEMU target gives it beyond what :meth:`memory_copies` of its data need, in MiB
     base_memory_mb: ClassVar[int] = 640
+    #: the ``--crash-after`` points (:data:`workbench.lab.kdump.CRASH_POINTS`) where its agent stops and can panic
+    #: the target for a kdump; none by default
+    crash_points: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
         """Raises :class:`~workbench.lab.errors.InvalidCycle` naming the parameter that is wrong."""

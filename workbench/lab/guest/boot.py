@@ -10,8 +10,6 @@ shared, is mounted on ``/mnt`` and its ``etc/`` copied over ``/etc``. A unit in 
 
 from __future__ import annotations
 
-import hashlib
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +17,8 @@ from pathlib import Path
 from workbench.lab.accel import AccelChoice, choose_accelerator
 from workbench.lab.errors import LabError
 from workbench.lab.guest.image import GuestImage
-from workbench.lab.initramfs import BUSYBOX, write_cpio
-from workbench.lab.kernel import LabKernel, cache_root
+from workbench.lab.initramfs import BUSYBOX, busybox_initramfs
+from workbench.lab.kernel import LabKernel
 from workbench.lab.protocol import parse_mark
 from workbench.lab.qemu import QemuVM, SerialLine, VMConfig
 from workbench.lab.qemu_target import lab_kernel_args
@@ -132,20 +130,8 @@ class GuestBoot:
 
 def build_guest_initramfs(busybox: Path = BUSYBOX) -> Path:
     """The cached initramfs that hands the guest's tree to systemd (for the current script and busybox binary)."""
-    if not busybox.exists():
-        raise GuestBootFailed(f"{busybox} is missing: install Debian's busybox-static (make system-deps)")
-    blob = busybox.read_bytes()
-    key = hashlib.sha256(GUEST_INIT_SCRIPT.encode() + blob).hexdigest()[:12]
-    path = cache_root() / "initramfs" / f"guest-initramfs-{key}.cpio"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    d, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755
-    folders = ("bin", "dev", "proc", "sys", "newroot", "rw")
-    files = {name: (d, b"") for name in folders}
-    files.update({"bin/busybox": (x, blob), "init": (x, GUEST_INIT_SCRIPT.encode())})
-    write_cpio(path, files)
-    return path
+    folders = ("dev", "proc", "sys", "newroot", "rw")
+    return busybox_initramfs("guest-initramfs", GUEST_INIT_SCRIPT, folders, busybox, GuestBootFailed)
 
 
 def guest_kernel_args(*, tcg: bool, live_update: bool = True) -> list[str]:

@@ -34,6 +34,8 @@ class GuestTarget(QemuTarget):
     (``debian-sid``), built on first use."""
 
     name = "guest"
+    #: systemd drives this cycle: no capture kernel is loaded for --crash-after
+    supports_kdump = False
 
     guest: GuestImage | str = DEFAULT_GUEST
 

@@ -47,6 +47,7 @@ class MemfdWorkload(Workload):
     agent = "workbench.lab.workloads.memfd:MemfdAgent"
     phases_before_kexec = ("prepare", "preserve", "load")
     phases_after_kexec = ("restore", "verify")
+    crash_points = ("preserve", "retrieve", "restore")
 
     memfds: int = 2
     memfd_size: int = 64 << 20

@@ -162,6 +162,7 @@ class SessionsWorkload(Workload):
     agent = "workbench.lab.workloads.sessions:SessionsAgent"
     phases_before_kexec = ("prepare", "preserve", "load")
     phases_after_kexec = ("restore", "verify")
+    crash_points = ("preserve", "retrieve", "restore")
 
     sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
     small_files: int = 64

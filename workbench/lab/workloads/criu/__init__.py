@@ -83,6 +83,7 @@ class CriuWorkload(Workload):
     agent = "workbench.lab.workloads.criu.agent:CriuAgent"
     phases_before_kexec = ("prepare", "load", "dump", "convert", "preserve")
     phases_after_kexec = ("retrieve", "images", "criu-init", "restore", "resume", "verify")
+    crash_points = ("preserve",)
     targets = ("qemu",)
     base_memory_mb = 768
 
