@@ -117,3 +117,13 @@ def test_a_classifier_decides_before_the_patterns():
     assert experiment.classify("rate", {}) == EXACT
     assert experiment.classify("pages", {}) == EXACT
     assert experiment.classify("unknown", {}) is None
+
+
+def test_a_phase_timing_within_the_experiments_timer_floor_agrees_and_beyond_it_disagrees():
+    lab = _experiment(measured=("phases.*",), tolerance=2.0, timer_floor_s=0.25)
+    original = {"phases": {"finish": 0.0126}}
+    assert compare_results(lab, original, [{"phases": {"finish": 0.0855}}]).verdict == "agree"
+    assert compare_results(lab, original, [{"phases": {"finish": 0.5}}]).verdict == "disagree"
+    strict = _experiment(measured=("phases.*",), tolerance=2.0)
+    assert strict.timer_floor_s == TIMER_FLOOR_S
+    assert compare_results(strict, original, [{"phases": {"finish": 0.0855}}]).verdict == "disagree"

@@ -164,6 +164,7 @@ def _measured(
     values: list[Any],
     earlier: list[float],
     tolerance: float,
+    timer_floor_s: float = TIMER_FLOOR_S,
 ) -> FieldComparison:
     if not _is_number(original) or not all(_is_number(v) for v in values):
         agrees = all(_same(original, v) for v in values)
@@ -186,8 +187,8 @@ def _measured(
     else:
         allowed = band
         source = f"assumed factor {1 + tolerance:g} either way: fewer than 2 repeats or earlier runs"
-    if path.endswith("_s") and not path.endswith("_per_s"):
-        allowed = max(allowed, TIMER_FLOOR_S)
+    if (path.endswith("_s") and not path.endswith("_per_s")) or path.startswith("phases."):
+        allowed = max(allowed, timer_floor_s)
     agrees = abs(rerun - original) <= allowed * (1 + 1e-12)
     return FieldComparison(path, MEASURED, original, rerun, agrees, allowed, noise, source)
 
@@ -231,5 +232,7 @@ def compare_results(
             )
         else:
             history = [float(r[path]) for r in flat_earlier if _is_number(r.get(path))]
-            comparison.fields.append(_measured(path, value, present, history, experiment.tolerance))
+            comparison.fields.append(
+                _measured(path, value, present, history, experiment.tolerance, experiment.timer_floor_s)
+            )
     return comparison

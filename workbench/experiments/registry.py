@@ -57,6 +57,9 @@ class Experiment:
     accepts: Callable[[dict[str, Any]], bool] = _always
     describe: str = ""
     classifier: Callable[[str, dict[str, Any]], str | None] | None = None
+    timer_floor_s: float = 0.02
+    """The smallest difference in seconds of a timing (a field ending in ``_s``, or under ``phases``) that can
+    disagree: milliseconds lost to other work on a shared machine are not evidence either way."""
 
     def classify(self, path: str, original: dict[str, Any]) -> str | None:
         """``EXACT``, ``MEASURED`` or None (not compared) for the result field at ``path``; ``original`` is the
