@@ -256,8 +256,8 @@ int munmap(void *addr, size_t length)
 	return r;
 }
 
-/* The protection of the mapping at addr, from /proc/self/maps (-1 when it is not mapped). */
-static int protection_of(uintptr_t addr)
+/* /proc/self/maps into maps_buffer, NUL-terminated (cut at MAPS_BUFFER). Returns 0, or -1 with errno. */
+static int read_own_maps(void)
 {
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -268,6 +268,14 @@ static int protection_of(uintptr_t addr)
 		used += (size_t)n;
 	close(fd);
 	maps_buffer[used] = 0;
+	return 0;
+}
+
+/* The protection of the mapping at addr, from /proc/self/maps (-1 when it is not mapped). */
+static int protection_of(uintptr_t addr)
+{
+	if (read_own_maps() != 0)
+		return -1;
 	for (char *line = maps_buffer; line && *line;) {
 		char *end = strchr(line, '\n');
 		unsigned long from, to;
@@ -665,15 +673,8 @@ static void announce(void)
  * rebuilt. Returns 0, or -1 with errno. */
 static int take_private_copies(void)
 {
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_own_maps() != 0)
 		return -1;
-	size_t used = 0;
-	ssize_t n;
-	while (used < MAPS_BUFFER - 1 && (n = read(fd, maps_buffer + used, MAPS_BUFFER - 1 - used)) > 0)
-		used += (size_t)n;
-	close(fd);
-	maps_buffer[used] = 0;
 	static int inherited[MAX_REGIONS]; /* the child runs this with one thread */
 	int inherited_count = 0;
 	for (int i = 0; i < region_count; i++) {
