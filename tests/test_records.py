@@ -7,11 +7,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pandas as pd
 import pytest
 
+from workbench import records
 from workbench.records import (
     FORMAT_VERSION,
     AmbiguousRunId,
@@ -121,6 +123,47 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert len(runs) == 60
     assert {(r.params["writer"], r.params["i"]) for r in runs} == {(str(w), i) for w in range(4) for i in range(15)}
     assert all(r.status == "ok" and r.table_names == ["t"] for r in runs)
+
+
+def test_threads_opening_a_new_store_at_once_all_get_it(tmp_path):
+    # A multi-host cycle opens a new store from one thread per target. SQLite refuses the switch to WAL at once,
+    # without its busy wait, to a connection racing another one that is switching it (a few % of such races).
+    failures = []
+    for trial in range(100):
+        store = RecordStore(tmp_path / f"data{trial}")
+        barrier = threading.Barrier(2)
+
+        def write(store=store, barrier=barrier):
+            try:
+                barrier.wait()
+                with store.run("racing", {}) as run:
+                    run.update_result(thread=threading.get_ident())
+            except Exception as exc:  # noqa: BLE001 (collected and asserted below)
+                failures.append(repr(exc))
+
+        threads = [threading.Thread(target=write) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert len(RecordStore(store.data_dir).runs(kind="racing")) == 2
+
+
+def test_a_store_locked_longer_than_the_wait_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "_LOCK_WAIT_S", 0.3)
+    data = tmp_path / "data"
+    data.mkdir()
+    holder = sqlite3.connect(data / "records.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(RecordStoreError, match="stayed locked by another writer") as caught:
+            RecordStore(data).list()
+        assert "not a workbench record store" not in str(caught.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert RecordStore(data).list() is not None
 
 
 _KILLED = textwrap.dedent(

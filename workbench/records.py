@@ -281,6 +281,16 @@ class ActiveRun:
             db.execute("UPDATE runs SET environment = ? WHERE id = ?", (_dumps(env), self.id))
 
 
+_LOCK_WAIT_S = 60.0
+_OPENING = threading.Lock()
+
+
+def _is_lock_contention(exc: sqlite3.OperationalError) -> bool:
+    """True when SQLite says another connection holds the database (busy or locked), not that it is damaged."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
 class RecordStore:
     """The experiment records in one data folder."""
 
@@ -296,27 +306,51 @@ class RecordStore:
         if db is not None:
             return db
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        except sqlite3.DatabaseError as exc:
-            raise RecordStoreError(f"{self.path} cannot be opened ({exc}); check the folder and its rights.") from exc
-        try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            self._check_format(db)  # before anything is written: a store this code cannot read stays as it is
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            db.execute("PRAGMA synchronous = NORMAL" if mode == "wal" else "PRAGMA synchronous = FULL")
-            self._init_schema(db)
-        except RecordStoreError:
-            db.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise RecordStoreError(
-                f"{self.path} is not a workbench record store ({exc}). Move it away, or point "
-                f"WORKBENCH_DATA at another folder."
-            ) from exc
-        self._local.db = db
-        return db
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        pause = 0.01
+        while True:
+            try:
+                db = sqlite3.connect(self.path, timeout=_LOCK_WAIT_S, isolation_level=None)
+            except sqlite3.DatabaseError as exc:
+                raise RecordStoreError(
+                    f"{self.path} cannot be opened ({exc}); check the folder and its rights."
+                ) from exc
+            try:
+                with _OPENING:  # threads of one process open a new store one at a time
+                    self._prepare(db)
+            except RecordStoreError:
+                db.close()
+                raise
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if not _is_lock_contention(exc):
+                    raise self._not_a_store(exc) from exc
+                if time.monotonic() >= deadline:
+                    raise RecordStoreError(
+                        f"{self.path} stayed locked by another writer for {_LOCK_WAIT_S:.0f} s ({exc}). Wait for the "
+                        f"other workbench process to finish, or point WORKBENCH_DATA at another folder."
+                    ) from exc
+                time.sleep(pause)  # switching to WAL fails at once, without SQLite's busy wait, while others open it
+                pause = min(pause * 2, 0.5)
+                continue
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise self._not_a_store(exc) from exc
+            self._local.db = db
+            return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute(f"PRAGMA busy_timeout = {int(_LOCK_WAIT_S * 1000)}")
+        self._check_format(db)  # before anything is written: a store this code cannot read stays as it is
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        db.execute("PRAGMA synchronous = NORMAL" if mode == "wal" else "PRAGMA synchronous = FULL")
+        self._init_schema(db)
+
+    def _not_a_store(self, exc: BaseException) -> RecordStoreError:
+        return RecordStoreError(
+            f"{self.path} is not a workbench record store ({exc}). Move it away, or point "
+            f"WORKBENCH_DATA at another folder."
+        )
 
     def _check_format(self, db: sqlite3.Connection) -> None:
         """Raises :class:`RecordStoreError` saying what to do when the database holds something other than
