@@ -24,6 +24,7 @@ NOTEBOOKS = list_notebooks()
 #: the notebooks that boot the lab VM (their tests are marked ``lab`` too)
 LAB_NOTEBOOKS = {
     "10-live-update-cycle",
+    "15-systemd-guest",
     "20-conversion-strategies",
     "40-inspect-kho-luo",
     "55-blackout-anatomy",

@@ -9,7 +9,7 @@ from workbench.widgets.records_browser import RecordsBrowser
 
 def test_cycle_panel_has_a_bar_per_phase_and_refuses_bad_sizes(store):
     panel = CyclePanel(store=store)
-    assert set(panel.bars) == set(PHASES)
+    assert set(panel.bars) == set(PHASES) | {"store"}
     panel.memfd_size.value = "lots"
     panel.start()
     assert "is not a size" in panel.status.value
@@ -95,3 +95,21 @@ def test_records_browser_reruns_one_run_and_shows_the_verdict(store):
     assert browser.rerunner.report.original_id == summary["record_id"]
     assert "fields differ" in browser.rerun_status.value and not browser.rerun_button.disabled
     assert browser.rerun_out.outputs  # the comparison table
+
+
+def test_cycle_panel_picks_the_debian_guest_where_systemd_keeps_the_memfds(store):
+    panel = CyclePanel(store=store)
+    assert panel.rows["store"].layout.display == "none" and not panel.session.disabled
+    panel.target.value = "guest"
+    panel.memfds.value, panel.memfd_size.value = 3, "8M"
+    workload = panel.workload()
+    assert workload.name == "systemd" and workload.sizes == [8 << 20] * 3
+    assert panel.target_choice().name == "guest" and panel.params().session == "systemd"
+    assert panel.session.disabled and panel.convert.disabled
+    shown = [p for p, row in panel.rows.items() if row.layout.display == ""]
+    assert shown == ["boot", "prepare", "store", "load", "kexec", "restore", "verify", "finish"]
+    panel.memfds.value = 0
+    panel.start()
+    assert "at least one memfd" in panel.status.value and panel.controller.state == "idle"
+    panel.target.value = "qemu"
+    assert not panel.session.disabled and panel.rows["store"].layout.display == "none"

@@ -9,6 +9,7 @@ from click.core import ParameterSource
 
 from workbench.cli.common import SIZE, data_option, json_option, output_option
 from workbench.cli.output import emit_json, fail
+from workbench.lab.moment_dumps import MOMENT_STOPS
 from workbench.records import write_json_atomic
 from workbench.units import parse_size
 
@@ -110,6 +111,23 @@ def _parse_sizes(ctx, param, value: str | None) -> list[int] | None:
     help="systemd: the service's unit has FileDescriptorStorePreserve=yes (without it systemd drops the store).",
 )
 @click.option(
+    "--kexec-load/--no-kexec-load",
+    "load_next_kernel",
+    default=True,
+    show_default=True,
+    help="systemd: the operator loads the next kernel (kexec -s -l) before systemctl kexec (without it systemd "
+    "refuses the kexec: the failure path).",
+)
+@click.option(
+    "--dump-at",
+    "dump_at",
+    multiple=True,
+    type=click.Choice(list(MOMENT_STOPS)),
+    help="guest: write a vmcore of the guest (vmcore-MOMENT.elf in the run's folder) when it reaches this moment: "
+    "serialized (the kexec), next_kernel_pending (before LUO deserializes), deserialized, finished. Boots with "
+    "nokaslr and QEMU's gdbstub; repeat for several.",
+)
+@click.option(
     "--small-files",
     type=click.IntRange(0),
     default=64,
@@ -204,6 +222,8 @@ def cycle(
     small_files,
     small_file_size,
     fdstore_preserve,
+    load_next_kernel,
+    dump_at,
     program,
     program_size,
     anon_size,
@@ -258,6 +278,8 @@ def cycle(
         "small_files": small_files,
         "small_file_size": small_file_size,
         "preserve": fdstore_preserve,
+        "load_next_kernel": load_next_kernel,
+        "dump_at": list(dump_at),
         "program": program,
         "size": program_size,
         "anon_size": anon_size,
@@ -393,7 +415,7 @@ _WORKLOAD_FLAGS = {
     "criu": ("anon_size", "memfd_region", "region_kind", "images", "criu", "criu_kdat", "lazy_pages", "seed"),
     "sessions": ("sizes", "small_files", "small_file_size", "seed"),
     "selftest": ("test",),
-    "systemd": ("sizes", "seed", "preserve"),
+    "systemd": ("sizes", "seed", "preserve", "load_next_kernel"),
     "preload": ("program", "size", "seed"),
 }
 #: the selftest workload's kernels: the sources of stage 1's and stage 2's binaries follow --kernel and --next-kernel
@@ -408,6 +430,7 @@ _TARGET_FLAGS = (
     "kernel_args",
     "dump_after",
     "dump_format",
+    "dump_at",
     "inventory",
     "key",
     "known_hosts",
@@ -431,6 +454,8 @@ _FLAGS = {
     "memory": "memory",
     "ssh_key": "ssh-key",
     "fdstore_preserve": "fdstore-preserve",
+    "load_next_kernel": "kexec-load",
+    "dump_at": "dump-at",
     "program_size": "size",
     "allow_this_machine": "i-really-want-to-kexec-this-machine",
 }

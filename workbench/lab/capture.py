@@ -45,6 +45,7 @@ from workbench.lab.qmp import QMPClient
 
 __all__ = [
     "KEXEC_STOP_FUNCTION",
+    "SLIDE_SYMBOLS",
     "kernel_slide",
     "gdbstub_qemu_args",
     "short_socket_dir",
@@ -58,6 +59,8 @@ __all__ = [
 KEXEC_STOP_FUNCTION = "machine_kexec"
 # IDT vectors whose gates point at these entry stubs; each gives the same slide, which cross-checks it.
 _IDT_PROBES = ((0, "asm_exc_divide_error"), (3, "asm_exc_int3"), (14, "asm_exc_page_fault"))
+#: the symbols :func:`kernel_slide` needs
+SLIDE_SYMBOLS = tuple(name for _, name in _IDT_PROBES)
 _KASLR_ALIGN = 0x200000  # CONFIG_PHYSICAL_ALIGN: the virtual slide is a multiple of it too
 
 
@@ -196,7 +199,7 @@ class KexecCapture:
         kexec, with the gdbstub open on ``gdb_socket``)."""
         if self._thread is not None:
             raise RuntimeError("this capture is already armed")
-        names = [self.function, *(name for _, name in _IDT_PROBES)]
+        names = [self.function, *SLIDE_SYMBOLS]
         with ElfFile(self.vmlinux) as vmlinux:
             symbols = vmlinux.symbols(names)
         missing = [n for n in names if n not in symbols]

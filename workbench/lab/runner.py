@@ -75,6 +75,8 @@ class MarkRunner:
 
     log_name = "serial log"
     kexec_ends_at_agent = True  # the kexec phase ends at the agent's first line in the next kernel
+    #: who prints the error marks, for the failure's message
+    reporter = "the agent"
 
     def __init__(
         self,
@@ -180,7 +182,7 @@ class MarkRunner:
                     if data.get("type") == HandoverRefusedLive.__name__:
                         message = f"{data.get('message')} (--force runs it anyway)"
                         raise self.fail(message, "preflight", kind=PreflightRefused)
-                    raise self.fail(f"the agent reported: {detail}", phase)
+                    raise self.fail(f"{self.reporter} reported: {detail}", phase)
                 return event, data, line.host_time
             if self.cancel.is_set():
                 raise CycleCancelled()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.lab.cycle import PHASES, check, run_cycle
+from workbench.lab.cycle import PHASES, check, phases_of, run_cycle
 from workbench.lab.errors import CycleCancelled, CycleFailed
 from workbench.lab.params import CycleParams
 from workbench.lab.qemu_target import QemuTarget
@@ -83,7 +83,7 @@ class CycleController(Observable):
                 raise RuntimeError("a cycle is already running: cancel it or wait for it")
             check(workload, params, target)
             self._cancel = threading.Event()
-            self.phases = {p: PhaseState() for p in PHASES}
+            self.phases = {p: PhaseState() for p in phases_of(workload)}
             self.log.clear()
             self.result = self.error = self.record_id = None
             self.state = "running"

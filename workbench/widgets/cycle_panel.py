@@ -9,7 +9,8 @@ from typing import Any
 import ipywidgets as w
 
 import workbench.plotting
-from workbench.lab.cycle import PHASES
+from workbench.lab.cycle import PHASES, phases_of
+from workbench.lab.guest.target import GuestTarget
 from workbench.lab.kernel import kernel_choices
 from workbench.lab.params import CycleParams
 from workbench.lab.qemu_target import QemuTarget
@@ -18,9 +19,13 @@ from workbench.records import RecordStore
 from workbench.units import parse_size
 from workbench.widgets.controller import CycleController
 
-__all__ = ["CyclePanel", "figure_bundle"]
+__all__ = ["CyclePanel", "figure_bundle", "TARGETS", "PANEL_PHASES"]
 
 _STATUS_STYLE = {"pending": "", "running": "info", "done": "success", "failed": "danger"}
+#: the panel's targets: the lab VM (busybox and the workbench's agent) or the Debian guest (systemd keeps the memfds)
+TARGETS = [("lab VM (QEMU on this machine)", "qemu"), ("Debian sid guest: systemd's fd store", "guest")]
+#: every phase a cycle of the panel's workloads reports, in order
+PANEL_PHASES = (*PHASES[:2], "store", *PHASES[2:])
 
 
 def figure_bundle(fig) -> dict[str, Any]:
@@ -44,6 +49,7 @@ class CyclePanel(w.VBox):
         session: str = "workbench",
         convert: str = "",
         kernel: str | None = None,
+        target: str = "qemu",
         store: RecordStore | None = None,
         controller: CycleController | None = None,
     ):
@@ -51,7 +57,7 @@ class CyclePanel(w.VBox):
         choices = kernel_choices()
         if kernel is not None and kernel not in [name for _, name in choices]:
             choices.insert(0, (kernel, kernel))
-        self.target = w.Dropdown(options=[("lab VM (QEMU on this machine)", "qemu")], description="target")
+        self.target = w.Dropdown(options=TARGETS, value=target, description="target")
         self.kernel = w.Dropdown(options=choices, value=kernel or choices[0][1], description="kernel")
         self.next_kernel = w.Dropdown(options=[("the same kernel", "")] + choices, value="", description="next kernel")
         self.memfds = w.BoundedIntText(value=memfds, min=0, max=64, description="memfds")
@@ -69,9 +75,9 @@ class CyclePanel(w.VBox):
         self.status = w.HTML("<b>idle</b>")
         self.bars = {
             p: w.FloatProgress(value=0, min=0, max=1, description=p, bar_style="", layout=w.Layout(width="420px"))
-            for p in PHASES
+            for p in PANEL_PHASES
         }
-        self.times = {p: w.Label("") for p in PHASES}
+        self.times = {p: w.Label("") for p in PANEL_PHASES}
         self.console = w.Textarea(value="", layout=w.Layout(width="100%", height="240px"), disabled=True)
         self.log_pane = w.Accordion(children=[self.console], titles=("serial console",), selected_index=None)
         self.figure = w.Output()
@@ -79,13 +85,14 @@ class CyclePanel(w.VBox):
         self.run_button.on_click(lambda _: self.start())
         self.cancel_button.on_click(lambda _: self.controller.cancel())
         self.controller.observe(self._changed)
-        self.convert.observe(lambda _: self._show_convert_row(), names="value")
+        self.convert.observe(lambda _: self._show_rows(), names="value")
+        self.target.observe(lambda _: self._show_rows(), names="value")
         form = w.VBox(
             [self.target, self.kernel, self.next_kernel, self.memfds, self.memfd_size, self.session, self.convert]
         )
-        self.rows = {p: w.HBox([self.bars[p], self.times[p]]) for p in PHASES}
+        self.rows = {p: w.HBox([self.bars[p], self.times[p]]) for p in PANEL_PHASES}
         progress = w.VBox(list(self.rows.values()))
-        self._show_convert_row()
+        self._show_rows()
         super().__init__(
             [
                 w.HBox([form, progress]),
@@ -96,21 +103,42 @@ class CyclePanel(w.VBox):
             ]
         )
 
-    def _show_convert_row(self) -> None:
-        self.rows["convert"].layout.display = "" if self.convert.value else "none"
+    @property
+    def in_guest(self) -> bool:
+        return self.target.value == "guest"
+
+    def _show_rows(self) -> None:
+        """The rows of the phases the chosen cycle goes through; in the guest systemd names the session and the
+        memfds are filled in place."""
+        self.convert.disabled = self.session.disabled = self.in_guest
+        try:
+            shown = set(phases_of(self.workload()))
+        except ValueError:
+            shown = set(PHASES) - {"convert"}
+        for phase, row in self.rows.items():
+            row.layout.display = "" if phase in shown else "none"
 
     def workload(self) -> Workload:
-        """The workload the panel's fields describe: memfds filled in place, or converted from anonymous memory."""
-        common = {"memfds": self.memfds.value, "memfd_size": parse_size(self.memfd_size.value)}
+        """The workload the panel's fields describe: memfds filled in place, converted from anonymous memory, or
+        (in the guest) pushed into a service's fd store that systemd keeps."""
+        size = parse_size(self.memfd_size.value)
+        if self.in_guest:
+            if self.memfds.value < 1:
+                raise ValueError("systemd's fd store needs at least one memfd")
+            return make_workload("systemd", sizes=[size] * self.memfds.value)
+        common = {"memfds": self.memfds.value, "memfd_size": size}
         if self.convert.value:
             return make_workload("converted", convert=[self.convert.value], **common)
         return make_workload("memfd", **common)
 
     def params(self) -> CycleParams:
-        return CycleParams(session=self.session.value, next_kernel=self.next_kernel.value or None)
+        session = "systemd" if self.in_guest else self.session.value
+        return CycleParams(session=session, next_kernel=self.next_kernel.value or None)
 
     def target_choice(self) -> QemuTarget:
-        """The lab VM booting the chosen kernel (built in the worker on first use)."""
+        """The lab VM, or the Debian guest, booting the chosen kernel (both built in the worker on first use)."""
+        if self.in_guest:
+            return GuestTarget(kernel=self.kernel.value)
         return QemuTarget(kernel=self.kernel.value)
 
     def start(self) -> None:
@@ -134,6 +162,8 @@ class CyclePanel(w.VBox):
             self.console.value = "\n".join(lines)
             return
         for name, phase in controller.phases.items():
+            if name not in self.bars:
+                continue
             bar = self.bars[name]
             bar.bar_style = _STATUS_STYLE[phase.status]
             bar.value = 1 if phase.status in ("done", "failed") else (0.5 if phase.status == "running" else 0)

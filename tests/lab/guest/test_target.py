@@ -42,11 +42,28 @@ def test_only_the_systemd_workload_runs_in_the_guest():
         target.runner(MemfdWorkload(), CycleParams(), None, None, None, None)
 
 
-def test_a_systemd_cycle_cannot_pause_or_dump():
+def test_a_systemd_cycle_cannot_pause_but_dumps_at_moments():
     from workbench.lab.workloads.systemd import SystemdWorkload
 
     GuestTarget().validate(SystemdWorkload(), CycleParams())
-    with pytest.raises(InvalidCycle, match="cannot pause or dump: systemd drives it"):
+    with pytest.raises(InvalidCycle, match=r"cannot pause \(systemd drives it\): dump it at a moment with --dump-at"):
         GuestTarget().validate(SystemdWorkload(), CycleParams(pause_after=["prepare"]))
-    with pytest.raises(InvalidCycle, match="cannot pause or dump"):
+    with pytest.raises(InvalidCycle, match="cannot pause"):
         GuestTarget(dump_after=["preserve"]).validate(SystemdWorkload(), CycleParams())
+    GuestTarget(dump_at=["serialized", "finished"]).validate(SystemdWorkload(), CycleParams())
+    with pytest.raises(InvalidCycle, match="--dump-at takes serialized, next_kernel_pending, .* not 'preserved'"):
+        GuestTarget(dump_at=["preserved"]).validate(SystemdWorkload(), CycleParams())
+    params = GuestTarget(dump_at=["serialized"]).record_params()
+    assert params["dump_at"] == ["serialized"]
+
+
+def test_the_command_line_takes_dump_at_for_the_guest_only(tmp_path):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    args = ["cycle", "--dump-at", "serialized", "--data", str(tmp_path)]
+    out = CliRunner().invoke(main, [*args, "--target", "qemu"])
+    assert out.exit_code != 0 and "--dump-at is not for the qemu target" in out.output
+    out = CliRunner().invoke(main, ["cycle", "--target", "guest", "--dump-at", "preserved"])
+    assert out.exit_code != 0 and "'preserved' is not one of" in out.output

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -157,15 +158,55 @@ def _verify(share, request, fds: dict[str, int], tmp_path) -> dict:
 
 
 # -- in the Debian guest ---------------------------------------------------------------------------------------
-@pytest.mark.lab
-def test_a_services_memfds_survive_systemctl_kexec_through_systemds_fd_store(tmp_path):
-    data = tmp_path / "data"
-    command = ["cycle", "--target", "guest", "--kernel", "7.2", "--workload", "systemd", "--sizes", "8M,1M,4K"]
-    proc = subprocess.run(
+GUEST_SIZES = [8 << 20, 1 << 20, 4 << 10]
+DUMP_AT = ["serialized", "next_kernel_pending", "deserialized", "finished"]
+
+
+def _cycle(data, *args: str) -> subprocess.CompletedProcess:
+    command = ["cycle", "--target", "guest", "--kernel", "7.2", "--workload", "systemd", "--sizes", "8M,1M,4K", *args]
+    return subprocess.run(
         [sys.executable, "-m", "workbench.cli", *command, "--json", "--data", str(data)], capture_output=True, text=True
     )
+
+
+@pytest.fixture(scope="module")
+def guest_cycle(tmp_path_factory) -> dict:
+    """One systemd cycle in the Debian guest, dumped at the moments no pause reaches."""
+    data = tmp_path_factory.mktemp("systemd") / "data"
+    proc = _cycle(data, *(a for m in DUMP_AT for a in ("--dump-at", m)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
+    result["data"] = data
+    yield result
+    for path in result.get("vmcores", {}).values():
+        Path(path).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def seen(guest_cycle) -> dict[str, dict]:
+    """At each moment: ``workbench inspect --vmcore --json`` (drgn) and ``workbench abi decode --vmcore --json``."""
+    out = {}
+    for moment, path in guest_cycle["vmcores"].items():
+        inspect = subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "inspect", "--vmcore", path, "--vmlinux", guest_cycle["vmlinux"]]
+            + ["--no-memory-map", "--json", "--data", str(guest_cycle["data"])],
+            capture_output=True,
+            text=True,
+        )
+        decode = subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "abi", "decode", "--vmcore", path, "--json"],
+            capture_output=True,
+            text=True,
+        )
+        assert inspect.returncode == 0, inspect.stderr[-2000:]
+        assert decode.returncode == 0, decode.stderr[-2000:]
+        out[moment] = {"inspect": json.loads(inspect.stdout), "decode": json.loads(decode.stdout)}
+    return out
+
+
+@pytest.mark.lab
+def test_a_services_memfds_survive_systemctl_kexec_through_systemds_fd_store(guest_cycle):
+    result = guest_cycle
     assert result["verified"], result.get("error")
     assert result["fdstore"]["returned"] == ["wb-0", "wb-1", "wb-2"]
     assert result["pages_checked"] == (9 << 20) // 4096 + 1
@@ -174,5 +215,65 @@ def test_a_services_memfds_survive_systemctl_kexec_through_systemds_fd_store(tmp
     assert timing["kernel_to_service_ready_s"] > timing["kernel_to_userspace_s"] > 0
     assert result["service_blackout_s"] > 0 and result["blackout_s"] > 0
     assert list(result["phases"]) == ["prepare", "store", "load", "kexec", "restore", "verify"]
-    record = RecordStore(data).get(result["record_id"])
+    record = RecordStore(result["data"]).get(result["record_id"])
     assert record.status == "ok" and record.params["workload"] == "systemd" and record.params["guest"] == "debian-sid"
+    assert record.params["dump_at"] == DUMP_AT
+
+
+@pytest.mark.lab
+def test_the_guest_was_dumped_at_every_moment_asked(guest_cycle):
+    assert guest_cycle.get("dump_errors", []) == []
+    assert list(guest_cycle["vmcores"]) == DUMP_AT and guest_cycle["dumps_missing"] == []
+    held = guest_cycle["dumps_held_s"]
+    assert list(held) == DUMP_AT and all(s > 0 for s in held.values())
+    # every moment falls inside the blackout: the figure without the dumps leaves out their time
+    assert guest_cycle["blackout_without_dumps_s"] == pytest.approx(guest_cycle["blackout_s"] - sum(held.values()))
+
+
+def _files_of_systemds_session(rows: list[dict], key: str = "session") -> dict[int, int]:
+    """token -> size of the rows of the session ``systemd``."""
+    return {int(r["token"]): int(r["size"]) for r in rows if r[key] == "systemd"}
+
+
+@pytest.mark.lab
+def test_at_the_kexec_systemds_session_is_in_the_kernel_and_the_bytes_and_they_agree(seen):
+    inspected, decoded = seen["serialized"]["inspect"], seen["serialized"]["decode"]
+    assert inspected["moment"] == "serialized" and decoded["summary"]["moment"] == "serialized"
+    (session,) = [s for s in inspected["luo"]["sessions"] if s["direction"] == "outgoing"]
+    # systemd-shutdown preserves the store's fds at tokens 1, 2, 3, then its JSON mapping memfd at token 0
+    assert session["name"] == "systemd" and session["tokens"] == [1, 2, 3, 0]
+    assert inspected["agreement"]["agree"] is True and inspected["agreement"]["one_sided"] == 0
+    assert decoded["summary"]["sessions"] == ["systemd"]
+    assert sorted(f["token"] for f in decoded["files"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.lab
+def test_in_the_next_kernel_systemds_session_is_pending_then_deserialized_then_finished(seen):
+    pending = seen["next_kernel_pending"]["inspect"]
+    assert pending["moment"] == "next_kernel_pending"
+    files = _files_of_systemds_session(pending["pending_incoming"])
+    assert sorted(files) == [0, 1, 2, 3]
+    assert sorted(size for token, size in files.items() if token) == sorted(GUEST_SIZES)
+    assert 0 < files[0] <= 1 << 20  # the mapping: a small JSON document
+    assert seen["next_kernel_pending"]["decode"]["summary"]["memory_map_consumed"] is True
+    assert seen["next_kernel_pending"]["decode"]["unpreserved_references"] == []
+
+    deserialized = seen["deserialized"]["inspect"]
+    (session,) = [s for s in deserialized["luo"]["sessions"] if s["direction"] == "incoming"]
+    assert deserialized["moment"] == "deserialized" and session["name"] == "systemd" and not session["retrieved"]
+    assert session["tokens"] == [1, 2, 3, 0] and deserialized["pending_incoming"] == []
+
+    finished = seen["finished"]["inspect"]
+    (session,) = [s for s in finished["luo"]["sessions"] if s["direction"] == "incoming"]
+    assert finished["moment"] == "finished" and session["finished"]
+
+
+@pytest.mark.lab
+def test_systemd_refuses_a_kexec_with_no_kernel_loaded_and_the_cycle_says_so(tmp_path):
+    proc = _cycle(tmp_path / "data", "--no-kexec-load")
+    assert proc.returncode != 0
+    result = json.loads(proc.stdout)
+    assert result["verified"] is False and result["failed_phase"] == "kexec"
+    assert "systemctl kexec refused" in result["error"]
+    record = RecordStore(tmp_path / "data").get(result["record_id"])
+    assert record.status == "failed" and "systemctl kexec refused" in record.error

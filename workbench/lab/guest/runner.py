@@ -9,6 +9,7 @@ service sees it (from its ``SIGTERM`` to its fds being back, on the host's clock
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench.lab.accel import choose_accelerator
+from workbench.lab.capture import gdbstub_qemu_args, short_socket_dir
 from workbench.lab.guest.boot import GuestEvent, build_guest_initramfs, guest_vm_config
 from workbench.lab.guest.image import GuestImage
 from workbench.lab.kernel import LabKernel
+from workbench.lab.moment_dumps import KERNEL_ARGS, MomentDumps
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, Request, read_json
 from workbench.lab.qemu import QemuVM, qemu_version
@@ -110,6 +113,7 @@ class GuestRunner(MarkRunner):
     marks in the next boot."""
 
     kexec_ends_at_agent = True
+    reporter = "the guest's service or operator"
 
     def __init__(
         self,
@@ -125,6 +129,21 @@ class GuestRunner(MarkRunner):
         self.kernel: LabKernel = target.kernel
         self.guest: GuestImage = target.guest
         self.vm: QemuVM | None = None
+        self.dumper: MomentDumps | None = None
+        self._sockets: Path | None = None
+
+    def release_dumps(self) -> None:
+        """Lets the guest go on from the moment dumps (breakpoints removed) and removes the gdbstub's socket."""
+        if self.dumper is not None:
+            self.dumper.finish()
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
+
+    def gdb_socket(self) -> Path:
+        """The unix socket of QEMU's gdbstub when the cycle dumps at moments (a short private folder)."""
+        if self._sockets is None:
+            self._sockets = short_socket_dir()
+        return self._sockets / "gdb"
 
     @property
     def log_path(self) -> Path | None:
@@ -170,19 +189,23 @@ class GuestRunner(MarkRunner):
             memory_mb=t.memory_for(w),
             cpus=t.cpus,
             tcg_threads=t.tcg_threads,
-            kernel_args=" ".join([t.kernel_args, *w.kernel_args()]).strip(),
-            extra_args=list(t.qemu_args),
+            kernel_args=" ".join([t.kernel_args, *w.kernel_args(), *([KERNEL_ARGS] if t.dump_at else [])]).strip(),
+            extra_args=[*t.qemu_args, *(gdbstub_qemu_args(self.gdb_socket()) if t.dump_at else [])],
             run_share=self.results,
         )
         self.emit(kind="state", name="booting", text=f"{accel.accel}: {accel.reason}")
         self.vm = QemuVM(config, self.workdir, on_line=self.on_line)
         self.source = self.vm
         t_boot = time.monotonic()
-        with self.vm:
+        with self.vm, contextlib.ExitStack() as cleanup:
+            cleanup.callback(self.release_dumps)
             self.emit(kind="phase", name="boot", status="begin", host_time=t_boot)
             self.wait_guest(GuestEvent.INIT, boot_timeout, "waiting for the guest's initramfs")
             _, _, t_agent = self.wait_guest(Event.AGENT_START, boot_timeout, "waiting for systemd to start the service")
             self.emit(kind="phase", name="boot", status="end", seconds=t_agent - t_boot, host_time=t_agent)
+            if t.dump_at:
+                self.dumper = MomentDumps(self.vm, self.kernel.vmlinux, self.gdb_socket(), self.results, t.dump_at)
+                self.dumper.arm()
             self.emit(kind="state", name="running")
             self.wait_phases(w.phases_before_kexec, [], work_timeout)
             self.phase = "kexec"
@@ -193,6 +216,7 @@ class GuestRunner(MarkRunner):
             self.wait_phases(w.phases_after_kexec, [], work_timeout)
             self.phase = "finish"
             self.wait_mark((Event.DONE,), work_timeout, "waiting for the service's verdict")
+            self.release_dumps()
             self.emit(kind="state", name="done")
         return self.collect(t_boot, t_agent, t_kexec, t_init, t_back, accel.accel, accel.reason)
 
@@ -234,4 +258,16 @@ class GuestRunner(MarkRunner):
                 "run_dir": str(self.workdir),
             }
         )
+        if self.dumper is not None:
+            # the guest stood stopped for the dumps inside the blackout: the figures without that time beside
+            held = self.dumper.held_between(t_kexec, retrieved if retrieved is not None else t_back)
+            result["dumps_held_s"] = {m: held_s for m, (_, held_s) in self.dumper.stops.items()}
+            result["blackout_without_dumps_s"] = result["blackout_s"] - held
+            if result["service_blackout_s"] is not None:
+                result["service_blackout_without_dumps_s"] = result["service_blackout_s"] - held
+            result["vmcores"] = {m: str(p) for m, p in self.dumper.dumps.items()}
+            result["vmlinux"] = str(self.kernel.vmlinux)
+            result["dumps_missing"] = self.dumper.missing()
+            if self.dumper.errors:
+                result["dump_errors"] = self.dumper.errors
         return result

@@ -7,7 +7,7 @@ boots the guest to ``multi-user.target`` (:meth:`GuestTarget.boot`) and runs the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from workbench.lab.guest.boot import GuestBoot, boot_guest
 from workbench.lab.guest.image import GuestImage, GuestSpec, resolve_guest
 from workbench.lab.guest.runner import GuestRunner
 from workbench.lab.kernel import LabKernel, build_kernel, resolve_kernel
+from workbench.lab.moment_dumps import MOMENT_STOPS, check_moments
 from workbench.lab.params import CycleParams
 from workbench.lab.qemu_target import QemuTarget
 from workbench.lab.runner import MarkRunner
@@ -38,6 +39,9 @@ class GuestTarget(QemuTarget):
     supports_kdump = False
 
     guest: GuestImage | str = DEFAULT_GUEST
+    #: moments of :data:`~workbench.lab.moment_dumps.MOMENT_STOPS` at which the guest is dumped (``vmcore-<moment>.elf``
+    #: in the run's folder): the guest boots with ``nokaslr`` and QEMU's gdbstub
+    dump_at: list[str] = field(default_factory=list)
 
     @classmethod
     def from_spec(cls, rest: str, options: dict[str, Any], *, data_dir: str | None = None) -> list[GuestTarget]:
@@ -52,14 +56,18 @@ class GuestTarget(QemuTarget):
     def validate(self, workload: Workload, params: CycleParams) -> None:
         super().validate(workload, params)
         if params.pause_after or self.dump_after:
-            raise InvalidCycle(f"a cycle in the {self.guest_name} guest cannot pause or dump: systemd drives it")
+            raise InvalidCycle(
+                f"a cycle in the {self.guest_name} guest cannot pause (systemd drives it): dump it at a moment with "
+                f"--dump-at {','.join(MOMENT_STOPS)}"
+            )
+        check_moments(self.dump_at)
 
     def prepare(self, workload: Workload, params: CycleParams) -> None:
         super().prepare(workload, params)
         self.guest = resolve_guest(self.guest)
 
     def record_params(self) -> dict[str, Any]:
-        params = {**super().record_params(), "guest": self.guest_name}
+        params = {**super().record_params(), "guest": self.guest_name, "dump_at": list(self.dump_at)}
         if isinstance(self.guest, GuestImage):
             params["guest_key"] = self.guest.key
         return params

@@ -42,7 +42,8 @@ _FAULTS = ("corrupt_page", "modify_after_preserve", "crash_after", "next_boot_ha
 class SystemdWorkload(Workload):
     """``sizes``: the memfds' sizes in bytes (whole 4 KiB pages; default 64 MiB, 16 MiB, 4 MiB); ``seed``: their
     contents; ``preserve``: the unit has ``FileDescriptorStorePreserve=yes`` (false: the failure path, whose fds
-    must not come back)."""
+    must not come back); ``load_next_kernel``: the operator loads the next kernel before ``systemctl kexec`` (false:
+    the failure path of an operator who did not, which systemd refuses)."""
 
     name = "systemd"
     agent = "workbench.lab.workloads.systemd_guest.service:main"
@@ -54,6 +55,7 @@ class SystemdWorkload(Workload):
     sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
     seed: int = 0
     preserve: bool = True
+    load_next_kernel: bool = True
 
     def validate(self) -> None:
         if not self.sizes:
@@ -72,7 +74,12 @@ class SystemdWorkload(Workload):
         return sum(self.sizes)
 
     def request(self) -> dict[str, Any]:
-        return {"sizes": list(self.sizes), "seed": self.seed, "preserve": self.preserve}
+        return {
+            "sizes": list(self.sizes),
+            "seed": self.seed,
+            "preserve": self.preserve,
+            "load_next_kernel": self.load_next_kernel,
+        }
 
     def unit_files(self) -> dict[str, str]:
         """The guest's units, by path under ``/etc`` (written into the guest's tmpfs copy of ``/etc`` at boot):
