@@ -4,10 +4,8 @@ did: the inspector's (drgn on the dump) and the decoder's (``workbench abi decod
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,15 +84,6 @@ def test_a_kexec_that_handed_over_no_session_is_read_on_the_outgoing_side():
 LAB_SESSION = "moments"
 LAB_TOKENS = [7, 1 << 63]
 LAB_MEMFD_SIZE = 1 << 20
-#: the kernel functions whose entry is each moment no pause of the cycle reaches, in the order they are hit: the
-#: kexec (sessions serialized), the first open of /dev/liveupdate in the next kernel (before it deserializes),
-#: the agent's RETRIEVE_SESSION (deserialized, not retrieved), the close of the finished session
-STOPS = {
-    "machine_kexec": "serialized",
-    "luo_session_deserialize": "next_kernel_pending",
-    "luo_session_retrieve": "deserialized",
-    "luo_session_release": "finished",
-}
 PAUSES = {"prepare": "before_preserve", "preserve": "preserved", "restore": "retrieved"}
 
 
@@ -108,55 +97,14 @@ class Moments:
     errors: list[str] = field(default_factory=list)
 
 
-def _stop_at_each_function(vm, vmlinux: Path, socket: Path, out: Moments) -> threading.Thread:
-    """Sets a breakpoint at each of :data:`STOPS` through QEMU's gdbstub (the guest is paused after preserve) and,
-    in a thread, dumps the guest at the first hit of each and lets it go on. The kernel boots with ``nokaslr``, so
-    the addresses hold in the next kernel too."""
-    from workbench.elf import ElfFile
-    from workbench.lab.capture import kernel_slide
-    from workbench.lab.gdb_remote import GdbRemote
-
-    names = [*STOPS, "asm_exc_divide_error", "asm_exc_int3", "asm_exc_page_fault"]
-    with ElfFile(vmlinux) as elf:
-        symbols = elf.symbols(names)
-    gdb = GdbRemote(socket, timeout=30.0)
-    gdb.stop_reason()
-    out.slide = kernel_slide(vm.qmp(), gdb, symbols)
-    armed = {symbols[name] + out.slide: (name, gdb.insert_breakpoint(symbols[name] + out.slide)) for name in STOPS}
-    gdb.resume()
-
-    def run() -> None:
-        try:
-            while armed:
-                reply = gdb.wait_stop(1800)
-                rip = gdb.rip()
-                if rip not in armed:
-                    raise AssertionError(f"the guest stopped at {rip:#x} ({reply}), at none of the breakpoints")
-                name, kind = armed.pop(rip)
-                gdb.remove_breakpoint(rip, kind)
-                path = vm.workdir / f"moment-{STOPS[name]}.elf"
-                vm.qmp().execute("dump-guest-memory", paging=False, protocol=f"file:{path}")
-                out.dumps[STOPS[name]] = path
-                if armed:
-                    gdb.resume()
-        except Exception:  # noqa: BLE001 - collected and asserted on by the tests
-            out.errors.append(traceback.format_exc())
-        finally:
-            with contextlib.suppress(Exception):
-                gdb.detach()
-            gdb.close()
-
-    thread = threading.Thread(target=run, daemon=True, name="moment-stops")
-    thread.start()
-    return thread
-
-
 @pytest.fixture(scope="module")
 def moments(lab_kernel, tmp_path_factory) -> Moments:
     """One cycle of two small memfds, dumped at each of the seven moments: at the pauses after prepare, preserve
-    and restore, and at the kernel functions of :data:`STOPS`."""
+    and restore, and at the entry of the kernel functions that begin the others
+    (:data:`~workbench.lab.moment_dumps.MOMENT_STOPS`, armed at the pause after preserve)."""
     from workbench.lab.capture import gdbstub_qemu_args, short_socket_dir
     from workbench.lab.cycle import run_cycle
+    from workbench.lab.moment_dumps import MOMENT_STOPS, MomentDumps
     from workbench.lab.params import CycleParams
     from workbench.lab.qemu_target import QemuTarget
     from workbench.lab.workloads.memfd import MemfdWorkload
@@ -165,7 +113,7 @@ def moments(lab_kernel, tmp_path_factory) -> Moments:
     out = Moments()
     sockets = short_socket_dir()
     socket = sockets / "gdb"
-    threads: list[threading.Thread] = []
+    dumpers: list[MomentDumps] = []
 
     def on_pause(phase, vm):
         try:
@@ -173,7 +121,9 @@ def moments(lab_kernel, tmp_path_factory) -> Moments:
             vm.dump_guest_memory(path)
             out.dumps[PAUSES[phase]] = path
             if phase == "preserve":
-                threads.append(_stop_at_each_function(vm, Path(lab_kernel.vmlinux), socket, out))
+                dumper = MomentDumps(vm, Path(lab_kernel.vmlinux), socket, vm.workdir, list(MOMENT_STOPS))
+                dumper.arm()
+                dumpers.append(dumper)
         except Exception:  # noqa: BLE001 - collected and asserted on by the tests
             out.errors.append(f"{phase}: {traceback.format_exc()}")
 
@@ -184,8 +134,11 @@ def moments(lab_kernel, tmp_path_factory) -> Moments:
     try:
         out.result = run_cycle(workload, params, target=target, store=store, on_pause=on_pause)
     finally:
-        for thread in threads:
-            thread.join(60)
+        for dumper in dumpers:
+            dumper.finish()
+            out.dumps.update(dumper.dumps)
+            out.errors += dumper.errors + [f"never reached {m}" for m in dumper.missing()]
+            out.slide = dumper.slide
         shutil.rmtree(sockets, ignore_errors=True)
     yield out
     for path in out.dumps.values():

@@ -281,7 +281,7 @@ def test_kexec_capture_needs_the_symbols(tmp_path):
     stripped = tmp_path / "vmlinux"
     stripped.write_bytes(build_elf(ElfSpec(symbols={"machine_kexec": 1})))
     capture = KexecCapture(None, stripped, tmp_path / "gdb", tmp_path / "ram")
-    with pytest.raises(ValueError, match="does not define asm_exc_divide_error"):
+    with pytest.raises(GdbRemoteError, match="does not define asm_exc_divide_error"):
         capture.arm()
     with pytest.raises(RuntimeError, match="never armed"):
         capture.result()

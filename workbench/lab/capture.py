@@ -54,6 +54,8 @@ __all__ = [
     "open_snapshot",
     "KexecSnapshot",
     "KexecCapture",
+    "attach_gdbstub",
+    "release_gdbstub",
 ]
 
 KEXEC_STOP_FUNCTION = "machine_kexec"
@@ -150,6 +152,37 @@ def open_snapshot(path: str | os.PathLike[str], memory_mb: int | None = None) ->
     return RawRamFile(path, ram_size=memory_mb << 20 if memory_mb else None)
 
 
+# -- attaching to the gdbstub ------------------------------------------------------------------------------------
+def attach_gdbstub(
+    vm: QemuVM, gdb_socket: Path, vmlinux: str | os.PathLike[str], functions: list[str]
+) -> tuple[GdbRemote, dict[str, int], int]:
+    """Connects to the gdbstub of ``vm`` on ``gdb_socket`` (which stops the guest), reads the addresses of
+    ``functions`` from ``vmlinux`` and finds the kernel's slide (:func:`kernel_slide`). Returns the connection (the
+    guest stays stopped), the unslid addresses of ``functions`` and the slide; on failure the connection is
+    released and the error raised (:class:`GdbRemoteError` naming what ``vmlinux`` lacks)."""
+    names = [*functions, *SLIDE_SYMBOLS]
+    with ElfFile(vmlinux) as elf:
+        symbols = elf.symbols(names)
+    missing = [n for n in names if n not in symbols]
+    if missing:
+        raise GdbRemoteError(f"{vmlinux} does not define {', '.join(missing)}: is it the booted kernel's vmlinux?")
+    gdb = GdbRemote(gdb_socket, timeout=30.0)
+    try:
+        gdb.stop_reason()
+        slide = kernel_slide(vm.qmp(), gdb, symbols)
+    except BaseException:
+        release_gdbstub(gdb)
+        raise
+    return gdb, {name: symbols[name] for name in functions}, slide
+
+
+def release_gdbstub(gdb: GdbRemote) -> None:
+    """Detaches (the guest runs on, its breakpoints removed) and closes, whatever state the connection is in."""
+    with contextlib.suppress(Exception):
+        gdb.detach()
+    gdb.close()
+
+
 # -- stopping at the kexec ---------------------------------------------------------------------------------------
 @dataclass
 class KexecSnapshot:
@@ -199,23 +232,13 @@ class KexecCapture:
         kexec, with the gdbstub open on ``gdb_socket``)."""
         if self._thread is not None:
             raise RuntimeError("this capture is already armed")
-        names = [self.function, *SLIDE_SYMBOLS]
-        with ElfFile(self.vmlinux) as vmlinux:
-            symbols = vmlinux.symbols(names)
-        missing = [n for n in names if n not in symbols]
-        if missing:
-            raise ValueError(f"{self.vmlinux} does not define {', '.join(missing)}")
-        gdb = GdbRemote(self.gdb_socket, timeout=30.0)
+        gdb, symbols, slide = attach_gdbstub(self.vm, self.gdb_socket, self.vmlinux, [self.function])
         try:
-            gdb.stop_reason()
-            slide = kernel_slide(self.vm.qmp(), gdb, symbols)
             address = symbols[self.function] + slide
             kind = gdb.insert_breakpoint(address, hardware=self.hardware)
             gdb.resume()
         except BaseException:
-            with contextlib.suppress(Exception):
-                gdb.detach()
-            gdb.close()
+            release_gdbstub(gdb)
             raise
         self._thread = threading.Thread(
             target=self._wait_and_copy, args=(gdb, address, slide, kind), daemon=True, name="kexec-capture"

@@ -19,8 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.elf import ElfFile
-from workbench.lab.capture import KEXEC_STOP_FUNCTION, SLIDE_SYMBOLS, kernel_slide
+from workbench.lab.capture import KEXEC_STOP_FUNCTION, attach_gdbstub, release_gdbstub
 from workbench.lab.errors import InvalidCycle
 from workbench.lab.gdb_remote import GdbRemote, GdbRemoteError
 from workbench.lab.qemu import QemuVM
@@ -62,6 +61,8 @@ class MomentDumps:
     #: moment -> (host monotonic time the guest stopped there, seconds it stayed stopped), dumped or not
     stops: dict[str, tuple[float, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: the kernel's KASLR slide found at :meth:`arm` (0 with ``nokaslr``)
+    slide: int | None = field(default=None, init=False)
     _gdb: GdbRemote | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -69,25 +70,16 @@ class MomentDumps:
     def arm(self) -> None:
         """Stops the guest, finds the kernel's slide, sets the breakpoint at ``machine_kexec`` and lets it run."""
         check_moments(self.moments)
-        names = [*MOMENT_STOPS.values(), *SLIDE_SYMBOLS]
-        with ElfFile(self.vmlinux) as elf:
-            symbols = elf.symbols(names)
-        missing = [n for n in names if n not in symbols]
-        if missing:
-            raise GdbRemoteError(f"{self.vmlinux} does not define {', '.join(missing)}: is it the booted kernel's?")
-        gdb = GdbRemote(self.gdb_socket, timeout=30.0)
+        gdb, symbols, slide = attach_gdbstub(self.vm, self.gdb_socket, self.vmlinux, list(MOMENT_STOPS.values()))
         try:
-            gdb.stop_reason()
-            slide = kernel_slide(self.vm.qmp(), gdb, symbols)
             addresses = {moment: symbols[name] + slide for moment, name in MOMENT_STOPS.items()}
             first = addresses["serialized"]
             armed = {first: ("serialized", gdb.insert_breakpoint(first))}
             gdb.resume()
         except BaseException:
-            with contextlib.suppress(Exception):
-                gdb.detach()
-            gdb.close()
+            release_gdbstub(gdb)
             raise
+        self.slide = slide
         self._gdb = gdb
         self._thread = threading.Thread(target=self._follow, args=(gdb, armed, addresses), daemon=True, name="dumps")
         self._thread.start()
@@ -135,6 +127,5 @@ class MomentDumps:
         if self._gdb is not None:
             with contextlib.suppress(Exception):
                 self._gdb.interrupt(10.0)  # the gdbstub takes a detach from a stopped guest
-                self._gdb.detach()
-            self._gdb.close()
+            release_gdbstub(self._gdb)
             self._gdb = None

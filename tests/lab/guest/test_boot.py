@@ -17,6 +17,9 @@ from workbench.lab.accel import AccelChoice
 from workbench.lab.guest.boot import (
     GUEST_INIT_SCRIPT,
     GUEST_ROOT_TAG,
+    REPO_MOUNT,
+    REPO_SHARE_TAG,
+    RUN_SHARE_TAG,
     GuestBootFailed,
     boot_guest,
     build_guest_initramfs,
@@ -54,6 +57,14 @@ def test_initramfs_is_cached_by_content_and_holds_the_init_script(cache):
     blob = first.read_bytes()
     assert GUEST_INIT_SCRIPT.encode() in blob
     assert b"switch_root /newroot /sbin/init" in blob
+
+
+def test_vm_config_shares_the_repository_read_only_when_asked(kernel, guest, cache, tmp_path):
+    config = guest_vm_config(kernel, guest, TCG, run_share=tmp_path / "run", repo=tmp_path / "repo")
+    assert config.shares[REPO_SHARE_TAG] == (tmp_path / "repo", True)
+    assert config.shares[RUN_SHARE_TAG] == (tmp_path / "run", False)
+    assert f"ro,cache=loose {REPO_SHARE_TAG} /rw/repo" in GUEST_INIT_SCRIPT
+    assert f"mount --move /rw/repo /newroot{REPO_MOUNT}" in GUEST_INIT_SCRIPT
 
 
 def test_vm_config_shares_only_the_guest_tree_read_only(kernel, guest, cache):

@@ -1,5 +1,5 @@
-"""The ``guest`` target: its spec and options, its record, and the refusal of every workload but ``systemd``
-(no VM)."""
+"""The ``guest`` target: its spec and options, its record, and the refusal of every workload but ``systemd`` and
+those whose targets include ``guest`` (no VM)."""
 
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ def test_record_params_add_the_guest_to_qemus():
     assert params["guest"] == "debian-sid" and params["kernel"] == "7.2" and "cpus" in params
 
 
-def test_only_the_systemd_workload_runs_in_the_guest():
+def test_only_the_systemd_and_the_agents_guest_workloads_run_in_the_guest():
     target = GuestTarget()
     with pytest.raises(InvalidCycle, match="runs on the qemu and ssh targets only, not guest"):
         target.validate(MemfdWorkload(), CycleParams())
-    with pytest.raises(InvalidCycle, match="only the systemd workload runs in the debian-sid guest, not memfd"):
+    with pytest.raises(InvalidCycle, match="only the systemd workload and the agent's workloads .* guest, not memfd"):
         target.runner(MemfdWorkload(), CycleParams(), None, None, None, None)
 
 

@@ -32,7 +32,7 @@ def test_cli_refuses_ssh_options_for_qemu_and_bad_host_lists(tmp_path):
     proc = cli("--target", "qemu", "--dry-run", "--ssh-key", "k")
     assert proc.returncode == 2 and "--ssh-key, --dry-run are not for the qemu target" in proc.stderr
     proc = cli("--target", "ssh:root@192.0.2.1", "--workload", "criu")
-    assert proc.returncode == 2 and "the criu workload runs on the qemu target only, not ssh" in proc.stderr
+    assert proc.returncode == 2 and "the criu workload runs on the qemu and guest targets only, not ssh" in proc.stderr
     proc = cli("--target", "ssh:root@192.0.2.1,root@192.0.2.1", "--inventory", str(tmp_path / "none.toml"))
     assert proc.returncode == 2 and "no inventory" in proc.stderr
     proc = cli("--target", "ssh:root@192.0.2.1,root@192.0.2.1")

@@ -5,7 +5,8 @@ layer (``CONFIG_BLOCK`` is off in the lean base), so a disk image cannot be thei
 the 250 MB tree per boot. A small busybox initramfs mounts the share, puts ``/etc`` and ``/var`` (about 9 MB) in
 tmpfs copies and ``/tmp`` and ``/root`` in empty tmpfs (the cache stays unchanged whatever the guest writes; the
 lab kernels have no overlayfs), and hands over to ``/sbin/init`` with ``switch_root``; a cycle's folder, when
-shared, is mounted on ``/mnt`` and its ``etc/`` copied over ``/etc``. A unit in the guest prints a
+shared, is mounted on ``/mnt`` and its ``etc/`` copied over ``/etc``; the workbench's repository, when shared
+(tag ``wbrepo``, read-only), on ``/opt/workbench`` (in a tmpfs ``/opt``) for its agent. A unit in the guest prints a
 ``WB-MARK multi-user`` line once ``multi-user.target`` is active, with systemd's own timestamps."""
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "GUEST_INIT_SCRIPT",
     "GUEST_ROOT_TAG",
     "RUN_SHARE_TAG",
+    "REPO_SHARE_TAG",
+    "REPO_MOUNT",
     "GuestBootFailed",
     "GuestBoot",
     "build_guest_initramfs",
@@ -38,6 +41,9 @@ __all__ = [
 
 GUEST_ROOT_TAG = "guestroot"
 RUN_SHARE_TAG = "wbresults"
+#: the workbench's repository, shared read-only for its agent, and where the guest mounts it
+REPO_SHARE_TAG = "wbrepo"
+REPO_MOUNT = "/opt/workbench"
 
 
 class GuestEvent:
@@ -69,6 +75,11 @@ for d in etc var; do
 done
 if mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 wbresults /newroot/mnt 2>/dev/null; then
   [ -d /newroot/mnt/etc ] && { cp -a /newroot/mnt/etc/. /newroot/etc/ || fail "cannot add the run's files to /etc"; }
+fi
+mkdir -p /rw/repo
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro,cache=loose wbrepo /rw/repo 2>/dev/null; then
+  { mount -t tmpfs -o mode=0755 tmpfs /newroot/opt && mkdir /newroot/opt/workbench \
+    && mount --move /rw/repo /newroot/opt/workbench; } || fail "cannot mount the repository on /opt/workbench"
 fi
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0700 tmpfs /newroot/root
@@ -155,11 +166,13 @@ def guest_vm_config(
     kernel_args: str = "",
     extra_args: list[str] | None = None,
     run_share: Path | None = None,
+    repo: Path | None = None,
 ) -> VMConfig:
     """The QEMU set-up that boots ``guest`` on ``kernel`` with ``accel``: the guest's tree as the read-only 9p
     share :data:`GUEST_ROOT_TAG`, :func:`build_guest_initramfs`, ``kernel_args`` added to the command line;
     ``run_share``: a cycle's folder, shared writable as :data:`RUN_SHARE_TAG` and mounted on the guest's ``/mnt``
-    (its ``etc/`` is copied over the guest's ``/etc`` at boot: a workload's units)."""
+    (its ``etc/`` is copied over the guest's ``/etc`` at boot: a workload's units); ``repo``: the workbench's
+    repository, shared read-only as :data:`REPO_SHARE_TAG` and mounted on :data:`REPO_MOUNT`."""
     args = guest_kernel_args(tcg=accel.accel == "tcg") + kernel_args.split()
     return VMConfig(
         kernel=kernel.bzimage,
@@ -169,7 +182,11 @@ def guest_vm_config(
         cpus=cpus,
         accel=accel.accel,
         tcg_threads=tcg_threads,
-        shares={GUEST_ROOT_TAG: (guest.root, True), **({RUN_SHARE_TAG: (run_share, False)} if run_share else {})},
+        shares={
+            GUEST_ROOT_TAG: (guest.root, True),
+            **({RUN_SHARE_TAG: (run_share, False)} if run_share else {}),
+            **({REPO_SHARE_TAG: (repo, True)} if repo else {}),
+        },
         extra_args=list(extra_args or []),
     )
 

@@ -54,7 +54,8 @@ __all__ = [
 DEFAULT_SUITE = "sid"
 
 #: what the guest installs on top of Debian's ``minbase`` variant: systemd as PID 1 (and udev, which its device
-#: units need), D-Bus, CRIU, Python for the workloads, kexec-tools for an operator's ``systemctl kexec``
+#: units need), D-Bus, CRIU, Python for the workloads (numpy for the workbench's agent), kexec-tools for an
+#: operator's ``systemctl kexec``
 GUEST_PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -62,6 +63,7 @@ GUEST_PACKAGES: tuple[str, ...] = (
     "dbus",
     "criu",
     "python3",
+    "python3-numpy",
     "kexec-tools",
     "procps",
     "iproute2",

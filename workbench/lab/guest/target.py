@@ -3,7 +3,9 @@
 
 The target spec is ``guest`` (the default guest, ``debian-sid``) or ``guest:NAME`` (``guest:debian-sid``). It
 boots the guest to ``multi-user.target`` (:meth:`GuestTarget.boot`) and runs the ``systemd`` workload
-(:mod:`workbench.lab.guest.runner`); the other workloads refuse it in their own target check."""
+(:mod:`workbench.lab.guest.runner`) and the workloads whose ``targets`` include ``guest`` with the workbench's agent
+(:mod:`workbench.lab.guest.agent_runner`: the ``criu`` workload); the other workloads refuse it in their own target
+check."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.lab.errors import InvalidCycle
+from workbench.lab.guest.agent_runner import GuestAgentRunner, GuestAgentWorkload
 from workbench.lab.guest.boot import GuestBoot, boot_guest
 from workbench.lab.guest.image import GuestImage, GuestSpec, resolve_guest
 from workbench.lab.guest.runner import GuestRunner
@@ -73,9 +76,14 @@ class GuestTarget(QemuTarget):
         return params
 
     def runner(self, workload, params, run, on_event, cancel, on_pause) -> MarkRunner:
-        if workload.name != "systemd":
-            raise InvalidCycle(f"only the systemd workload runs in the {self.guest_name} guest, not {workload.name}")
-        return GuestRunner(self, workload, params, run, on_event, cancel)
+        if workload.name == "systemd":
+            return GuestRunner(self, workload, params, run, on_event, cancel)
+        if self.name in workload.targets and isinstance(workload, GuestAgentWorkload):
+            return GuestAgentRunner(self, workload, params, run, on_event, cancel)
+        raise InvalidCycle(
+            f"only the systemd workload and the agent's workloads for the guest run in the {self.guest_name} guest, "
+            f"not {workload.name}"
+        )
 
     def boot(self, workdir: Path, *, timeout_s: float = 600.0) -> GuestBoot:
         """Boots the guest on this target's kernel, CPUs, memory (1 GiB unless set), TCG threads, command line and

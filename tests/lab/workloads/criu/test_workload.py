@@ -7,7 +7,7 @@ from workbench.lab.errors import InvalidCycle, UnknownName
 from workbench.lab.params import CycleParams
 from workbench.lab.qemu_target import QemuTarget
 from workbench.lab.workload import make_workload
-from workbench.lab.workloads.criu import CriuFaults, CriuWorkload
+from workbench.lab.workloads.criu import CriuFaults, CriuWorkload, applied_workarounds
 
 
 def test_criu_parameters_are_checked_before_boot():
@@ -23,12 +23,14 @@ def test_criu_parameters_are_checked_before_boot():
     assert CriuWorkload(anon_size=1 << 30, images="copy").memory_mb() >= 3072 + 768
 
 
-def test_criu_runs_on_the_qemu_target_only():
+def test_criu_runs_on_the_qemu_and_guest_targets_only():
+    from workbench.lab.guest.target import GuestTarget
     from workbench.lab.inventory import LabHost
     from workbench.lab.ssh.target import SshTarget
 
     check(CriuWorkload(), CycleParams(), QemuTarget())
-    with pytest.raises(InvalidCycle, match="runs on the qemu target only, not ssh"):
+    GuestTarget().validate(CriuWorkload(), CycleParams())
+    with pytest.raises(InvalidCycle, match="runs on the qemu and guest targets only, not ssh"):
         check(CriuWorkload(), CycleParams(), SshTarget(LabHost(name="box", host="192.0.2.1")))
 
 
@@ -62,3 +64,15 @@ def test_summary_cuts_the_downtime_and_keeps_the_common_fields():
     assert out["workload"] == "criu" and out["verified"] is True and out["session"] == "s"
     assert out["downtime_s"] == pytest.approx(12.0) and out["criu"]["version"] == "3.17.1"
     assert out["phases"] == {"kexec": 8.0}
+
+
+def test_workarounds_are_read_from_what_the_agent_saw():
+    qemu = {"cmdline_before": "console=ttyS0 wb.phase=prepare vdso=0", "criu": {"preload": "/c/nft-shim.so"}}
+    assert applied_workarounds(qemu) == ["vdso=0", "nft-shim"]
+    guest = {"cmdline_before": "console=ttyS0 wb.phase=guest vdso=1", "criu": {"preload": None}}
+    assert applied_workarounds(guest) == [] and applied_workarounds({}) == []
+    out = CriuWorkload().summarize({"verified": False}, {**guest, "criu": {"version": "4.2.1"}}, {}, [])
+    assert out["criu"]["workarounds"] == [] and out["criu"]["version"] == "4.2.1"
+    with pytest.raises(InvalidCycle, match="guest workarounds are among vdso=0, nft-shim, not 'seccomp'"):
+        CriuWorkload(guest_workarounds=("seccomp",)).validate()
+    assert CriuWorkload(guest_workarounds=("vdso=0",)).record_params()["guest_workarounds"] == ["vdso=0"]

@@ -17,6 +17,11 @@ Why the shim: CRIU 3.17's kernel probe also stops when the kernel has no nf_tabl
 not use: no tun device and no veth pairs in the lab kernel, and its check of mremapping the vDSO, which cannot run
 without a vDSO (``mmap(0) failed``). Dump, restore and lazy restore work.
 
+In the Debian guest (the ``guest`` target, CRIU 4.2.1 from Debian's package) neither workaround is applied by
+default (:meth:`CriuWorkload.guest_kernel_args`, :meth:`CriuWorkload.guest_request`); ``guest_workarounds`` puts
+either back for a comparison. Every result says which were applied (``criu.workarounds``), from what the agent
+saw: ``vdso=0`` on its kernel's command line, a preload library in CRIU's environment.
+
 The process's region ("memfd from birth") is an unlinked tmpfs file by default (``region_kind="tmpfile"``): CRIU
 3.17 treats it as a regular file and can be told it is external (``--external file[mnt_id:inode]``), so it writes
 none of its pages; LUO preserves it like a memfd (a shmem file with no links) and hands it back as a memfd, which
@@ -26,7 +31,9 @@ none of its pages; LUO preserves it like a memfd (a shmem file with no links) an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from workbench.lab.errors import InvalidCycle
@@ -34,13 +41,26 @@ from workbench.lab.workload import Workload, register
 from workbench.lab.workloads.criu.downtime import downtime_breakdown
 from workbench.lab.workloads.criu.program import build_nft_shim, build_workload
 
-__all__ = ["CriuWorkload", "CriuFaults", "CRIU_KERNEL_ARGS", "CRIU_PATH"]
+__all__ = ["CriuWorkload", "CriuFaults", "CRIU_KERNEL_ARGS", "CRIU_PATH", "WORKAROUNDS", "applied_workarounds"]
 
 CRIU_PATH = "/usr/sbin/criu"
 CRIU_KERNEL_ARGS = "vdso=0"
 IMAGE_MODES = ("direct", "copy")
 REGION_KINDS = ("tmpfile", "memfd")
 KDAT_MODES = ("probe", "carry")
+#: the workarounds CRIU 3.17 needs on the lab kernels: no vDSO, and the nftables shim preloaded into CRIU
+WORKAROUNDS = ("vdso=0", "nft-shim")
+
+
+def applied_workarounds(prepare: dict[str, Any]) -> list[str]:
+    """Which of :data:`WORKAROUNDS` a cycle ran with, from the agent's state before the kexec (``prepare``): its
+    kernel's command line (``cmdline_before``) and CRIU's preload library (``criu.preload``)."""
+    applied = []
+    if "vdso=0" in str(prepare.get("cmdline_before", "")).split():
+        applied.append("vdso=0")
+    if prepare.get("criu", {}).get("preload"):
+        applied.append("nft-shim")
+    return applied
 
 
 @dataclass(frozen=True)
@@ -77,14 +97,16 @@ class CriuWorkload(Workload):
     (``region_kind`` ``tmpfile``: an unlinked tmpfs file CRIU skips, or ``memfd``), dumped by the CRIU binary
     ``criu``; ``images`` ``direct`` preserves CRIU's tmpfs image files as they are, ``copy`` copies them into
     memfds; ``criu_kdat`` ``probe`` lets CRIU probe the next kernel, ``carry`` hands it its probe cache through
-    LUO (same kernel only); ``lazy_pages`` restores with ``criu lazy-pages``; ``seed`` is the fill pattern's."""
+    LUO (same kernel only); ``lazy_pages`` restores with ``criu lazy-pages``; ``seed`` is the fill pattern's;
+    ``guest_workarounds``: which of :data:`WORKAROUNDS` a cycle in the Debian guest applies anyway (none by
+    default: its CRIU 4.2.1 needs neither)."""
 
     name = "criu"
     agent = "workbench.lab.workloads.criu.agent:CriuAgent"
     phases_before_kexec = ("prepare", "load", "dump", "convert", "preserve")
     phases_after_kexec = ("retrieve", "images", "criu-init", "restore", "resume", "verify")
     crash_points = ("preserve",)
-    targets = ("qemu",)
+    targets = ("qemu", "guest")
     base_memory_mb = 768
 
     anon_size: int = 64 << 20
@@ -96,6 +118,7 @@ class CriuWorkload(Workload):
     lazy_pages: bool = False
     seed: int = 0
     criu_faults: CriuFaults = field(default_factory=CriuFaults)
+    guest_workarounds: tuple[str, ...] = ()
 
     def validate(self) -> None:
         self.check_pages("anonymous size", self.anon_size, allow_zero=True)
@@ -109,6 +132,9 @@ class CriuWorkload(Workload):
         ):
             if value not in choices:
                 raise InvalidCycle(f"{name} is one of {', '.join(choices)}, not {value!r}")
+        for name in self.guest_workarounds:
+            if name not in WORKAROUNDS:
+                raise InvalidCycle(f"guest workarounds are among {', '.join(WORKAROUNDS)}, not {name!r}")
 
     def data_bytes(self) -> int:
         return self.anon_size + self.memfd_region
@@ -121,6 +147,22 @@ class CriuWorkload(Workload):
 
     def kernel_args(self) -> list[str]:
         return CRIU_KERNEL_ARGS.split()
+
+    def guest_kernel_args(self) -> list[str]:
+        """The kernel arguments of a cycle in the Debian guest: ``vdso=0`` only when ``guest_workarounds`` asks for
+        it (CRIU 4.1 and later know the ``[vvar_vclock]`` mapping)."""
+        return CRIU_KERNEL_ARGS.split() if "vdso=0" in self.guest_workarounds else []
+
+    def guest_request(self, stage: Callable[[Path], str]) -> dict[str, Any]:
+        """:meth:`request` for a cycle in the Debian guest, which cannot see the host's cache: the program (and the
+        nftables shim, only when ``guest_workarounds`` asks for it: CRIU 4.0 and later run without nf_tables)
+        staged into the cycle's share.
+
+        :param stage: copies a host file where the guest sees it and returns its path in the guest"""
+        fields = self.request()
+        fields["workload_binary"] = stage(build_workload())
+        fields["criu_preload"] = stage(build_nft_shim()) if "nft-shim" in self.guest_workarounds else None
+        return fields
 
     def faults(self) -> dict[str, Any]:
         return self.criu_faults.to_request()
@@ -142,6 +184,7 @@ class CriuWorkload(Workload):
     def record_params(self) -> dict[str, Any]:
         out = super().record_params()
         out["criu_faults"] = self.criu_faults.to_request()
+        out["guest_workarounds"] = list(self.guest_workarounds)
         return out
 
     def summarize(self, result, prepare, restore, marks) -> dict[str, Any]:
@@ -162,6 +205,7 @@ class CriuWorkload(Workload):
                 "criu": {
                     "version": prepare.get("criu", {}).get("version"),
                     "check": prepare.get("criu", {}).get("check"),
+                    "workarounds": applied_workarounds(prepare),
                     "images_mode": prepare.get("images_mode"),
                     "region_kind": prepare.get("region_kind"),
                     "anon_size": prepare.get("anon_size"),

@@ -57,6 +57,7 @@ def check_criu(
     chk = subprocess.run([path, "check", *args], capture_output=True, text=True, timeout=300, env=criu_env(preload))
     text = (chk.stdout + chk.stderr).strip()
     info = {"path": path, "version": shown, "check": text, "check_rc": chk.returncode, "check_s": time.monotonic() - t0}
+    info["preload"] = preload
     info["check_errors"] = log_errors(text, 50)
     if chk.returncode != 0 and ("Could not initialize kernel features detection" in text or not info["check_errors"]):
         hint = ""
