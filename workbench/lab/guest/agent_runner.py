@@ -15,20 +15,18 @@ The marks, the waits and the result are :class:`~workbench.lab.qemu_target.QemuR
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from workbench.environment import REPO_ROOT
-from workbench.lab.accel import choose_accelerator
 from workbench.lab.errors import InvalidCycle
-from workbench.lab.guest.boot import REPO_MOUNT, GuestEvent, build_guest_initramfs, guest_vm_config
+from workbench.lab.guest.boot import REPO_MOUNT, GuestEvent, guest_vm_config
+from workbench.lab.guest.cycle_vm import GuestCycle, link_or_copy
 from workbench.lab.guest.image import GuestImage
-from workbench.lab.kernel import LabKernel
 from workbench.lab.protocol import Event, Request
-from workbench.lab.qemu import QemuVM, qemu_version
+from workbench.lab.qemu import QemuVM
 from workbench.lab.qemu_target import QemuRunner
 
 __all__ = ["AGENT_UNIT", "UNIT_STARTED", "GuestAgentRunner", "GuestAgentWorkload", "agent_unit", "stage_agent_share"]
@@ -83,16 +81,6 @@ def agent_unit(results: str = SHARE_MOUNT, repo: str = REPO_MOUNT) -> str:
     )
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        dst.hardlink_to(src)
-    except OSError:
-        shutil.copyfile(src, dst)
-        shutil.copymode(src, dst)
-
-
 def stage_agent_share(folder: Path, next_kernel: Path, next_initrd: Path) -> Callable[[Path], str]:
     """Puts into ``folder`` (the guest's ``/mnt``) the agent's unit, enabled, under ``etc/`` and the next kernel
     and initramfs under ``boot/``. Returns the function that stages a workload's file under ``bin/`` and gives its
@@ -107,17 +95,17 @@ def stage_agent_share(folder: Path, next_kernel: Path, next_initrd: Path) -> Cal
     wanted = units / "multi-user.target.wants" / AGENT_UNIT
     wanted.unlink(missing_ok=True)
     wanted.symlink_to(f"../{AGENT_UNIT}")
-    _link_or_copy(next_kernel, folder / "boot" / "bzImage")
-    _link_or_copy(next_initrd, folder / "boot" / "initrd")
+    link_or_copy(next_kernel, folder / "boot" / "bzImage")
+    link_or_copy(next_initrd, folder / "boot" / "initrd")
 
     def stage(path: Path) -> str:
-        _link_or_copy(path, folder / "bin" / path.name)
+        link_or_copy(path, folder / "bin" / path.name)
         return f"{SHARE_MOUNT}/bin/{path.name}"
 
     return stage
 
 
-class GuestAgentRunner(QemuRunner):
+class GuestAgentRunner(GuestCycle, QemuRunner):
     """One cycle of an agent workload in the Debian guest: boot to the agent's unit, its marks through its own
     kexec, the unit again in the next kernel, :class:`QemuRunner`'s result with the guest's name and versions."""
 
@@ -127,28 +115,10 @@ class GuestAgentRunner(QemuRunner):
         super().__init__(target, workload, params, run, on_event, cancel, None)
         self.guest: GuestImage = target.guest
 
-    def source_stopped(self, what: str) -> str:
-        return f"the guest VM stopped while {what} (QEMU exit {self.vm.proc.returncode})"
-
     def execute(self) -> dict[str, Any]:
         p, t, w = self.p, self.target, self.workload
         assert isinstance(w, GuestAgentWorkload)
-        initrd = build_guest_initramfs()
-        nxt = t.following
-        next_kernel = nxt.bzimage if isinstance(nxt, LabKernel) else Path(nxt)
-        accel = choose_accelerator(self.kernel.bzimage, initrd)
-        self.run.update_environment(
-            target_kernel_release=self.kernel.release,
-            target_config_hash=self.kernel.config_hash,
-            target_kernel_version=self.kernel.version,
-            accelerator=accel.accel,
-            accelerator_reason=accel.reason,
-            qemu_version=qemu_version(),
-            next_kernel_release=nxt.release if isinstance(nxt, LabKernel) else None,
-            guest=self.guest.name,
-            guest_key=self.guest.key,
-            guest_versions={name: self.guest.version_of(name) for name in self.guest.packages},
-        )
+        initrd, next_kernel, accel = self.start_guest()
         tcg = accel.accel == "tcg"
         boot_timeout = 900 if tcg else 180
         work_timeout = (240 + 240 * w.timeout_bytes() / (1 << 30)) * (1 if tcg else 0.25)
@@ -203,10 +173,3 @@ class GuestAgentRunner(QemuRunner):
         result["guest"] = self.guest.name
         result["guest_key"] = self.guest.key
         return result
-
-    def wait_guest(self, event: str, timeout: float, what: str) -> tuple[str, dict, float]:
-        """Waits for ``event``; the guest's initramfs failing (``guest-init-error``) fails the cycle with its reason."""
-        found, data, when = self.wait_mark((event, GuestEvent.INIT_ERROR), timeout, what)
-        if found == GuestEvent.INIT_ERROR:
-            raise self.fail(f"the guest's initramfs failed: {data.get('text', '')}")
-        return found, data, when

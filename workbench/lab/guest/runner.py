@@ -10,7 +10,6 @@ service sees it (from its ``SIGTERM`` to its fds being back, on the host's clock
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import threading
 import time
@@ -19,15 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from workbench.lab.accel import choose_accelerator
 from workbench.lab.capture import gdbstub_qemu_args, short_socket_dir
-from workbench.lab.guest.boot import GuestEvent, build_guest_initramfs, guest_vm_config
+from workbench.lab.guest.boot import GuestEvent, guest_vm_config
+from workbench.lab.guest.cycle_vm import GuestCycle, link_or_copy
 from workbench.lab.guest.image import GuestImage
 from workbench.lab.kernel import LabKernel
 from workbench.lab.moment_dumps import KERNEL_ARGS, MomentDumps
 from workbench.lab.params import CycleParams
 from workbench.lab.protocol import Event, Request, read_json
-from workbench.lab.qemu import QemuVM, qemu_version
+from workbench.lab.qemu import QemuVM
 from workbench.lab.runner import CycleEvent, MarkRunner
 from workbench.lab.workload import Workload
 from workbench.lab.workloads.systemd import SERVICE_PROGRAM, SHARE_MOUNT, SystemdWorkload
@@ -37,14 +36,6 @@ __all__ = ["GuestRunner", "SERVICE_STOPPING", "systemd_timing", "stage_run_share
 
 #: the service's mark when systemd stops it for the kexec (its last moment before the blackout)
 SERVICE_STOPPING = "service-stopping"
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def stage_run_share(folder: Path, workload: SystemdWorkload, next_kernel: Path, next_initrd: Path) -> dict[str, str]:
@@ -65,8 +56,8 @@ def stage_run_share(folder: Path, workload: SystemdWorkload, next_kernel: Path, 
             path.symlink_to(text)
         else:
             path.write_text(text)
-    _link_or_copy(next_kernel, folder / "boot" / "bzImage")
-    _link_or_copy(next_initrd, folder / "boot" / "initrd")
+    link_or_copy(next_kernel, folder / "boot" / "bzImage")
+    link_or_copy(next_initrd, folder / "boot" / "initrd")
     return {"next_kernel": f"{SHARE_MOUNT}/boot/bzImage", "next_initrd": f"{SHARE_MOUNT}/boot/initrd"}
 
 
@@ -108,7 +99,7 @@ def systemd_timing(times: dict[str, Any], request_realtime_us: int | None) -> di
     return out
 
 
-class GuestRunner(MarkRunner):
+class GuestRunner(GuestCycle, MarkRunner):
     """One ``systemd`` cycle in the Debian guest: boot, the service's marks, the operator's kexec, the service's
     marks in the next boot."""
 
@@ -149,26 +140,10 @@ class GuestRunner(MarkRunner):
     def log_path(self) -> Path | None:
         return self.vm.serial_log if self.vm is not None else None
 
-    def source_stopped(self, what: str) -> str:
-        return f"the guest VM stopped while {what} (QEMU exit {self.vm.proc.returncode})"
-
     def execute(self) -> dict[str, Any]:
         p, t, w = self.p, self.target, self.workload
         assert isinstance(w, SystemdWorkload)
-        initrd = build_guest_initramfs()
-        nxt = t.following
-        next_kernel = nxt.bzimage if isinstance(nxt, LabKernel) else Path(nxt)
-        accel = choose_accelerator(self.kernel.bzimage, initrd)
-        self.run.update_environment(
-            target_kernel_release=self.kernel.release,
-            target_config_hash=self.kernel.config_hash,
-            accelerator=accel.accel,
-            accelerator_reason=accel.reason,
-            qemu_version=qemu_version(),
-            guest=self.guest.name,
-            guest_key=self.guest.key,
-            guest_systemd=self.guest.version_of("systemd"),
-        )
+        initrd, next_kernel, accel = self.start_guest()
         tcg = accel.accel == "tcg"
         boot_timeout = 900 if tcg else 180
         work_timeout = (240 + 600 * w.timeout_bytes() / (1 << 30)) * (1 if tcg else 0.25)
@@ -219,13 +194,6 @@ class GuestRunner(MarkRunner):
             self.release_dumps()
             self.emit(kind="state", name="done")
         return self.collect(t_boot, t_agent, t_kexec, t_init, t_back, accel.accel, accel.reason)
-
-    def wait_guest(self, event: str, timeout: float, what: str) -> tuple[str, dict, float]:
-        """Waits for ``event``; the guest's initramfs failing (``guest-init-error``) fails the cycle with its reason."""
-        found, data, when = self.wait_mark((event, GuestEvent.INIT_ERROR), timeout, what)
-        if found == GuestEvent.INIT_ERROR:
-            raise self.fail(f"the guest's initramfs failed: {data.get('text', '')}")
-        return found, data, when
 
     def collect(self, t_boot, t_agent, t_kexec, t_init, t_back, accel: str, reason: str) -> dict[str, Any]:
         prepare, restore = self.read_state("prepare"), self.read_state("restore")
